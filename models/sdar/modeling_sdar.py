@@ -1,0 +1,337 @@
+"""SDAR: a Qwen3-style decoder whose attention pattern is given entirely by the caller's mask.
+
+Block diffusion needs two things a causal LM does not have:
+  * logits at position i predict the token *at* i (no shift): masked positions are filled in place;
+  * attention is bidirectional inside a block and causal across blocks, which the caller expresses
+    as a mask (True / 1 = may attend). There is no implicit causal mask anywhere in this file.
+
+State-dict names and shapes match the released SDAR checkpoints (JetLM/SDAR-*-Chat).
+"""
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from .configuration_sdar import SDARConfig
+
+
+class SDARBlockCache:
+    """Preallocated K/V for block decoding.
+
+    `length` tokens are committed. A forward writes its new K/V into the slots right after them and
+    attends over committed + new; the slots stay scratch (overwritten by the next forward) unless the
+    forward is told to commit the first `n` of its tokens. So the active block can be denoised many
+    times against the cache without modifying it, and a finished block is committed inside the next
+    block's first forward instead of a separate pass.
+    """
+
+    def __init__(self, config: SDARConfig, batch_size: int, max_length: int, dtype=None, device=None):
+        shape = (batch_size, config.num_key_value_heads, max_length, config.head_dim)
+        self.key = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.value = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.length = 0
+        self.max_length = max_length
+
+    def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor):
+        end = self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"SDARBlockCache overflow: {end} tokens > max_length {self.max_length}")
+        self.key[layer_idx][:, :, self.length:end] = key
+        self.value[layer_idx][:, :, self.length:end] = value
+        return self.key[layer_idx][:, :, :end], self.value[layer_idx][:, :, :end]
+
+    def commit(self, num_tokens: int):
+        self.length += num_tokens
+
+    def select_rows(self, rows: torch.Tensor):
+        """Keep only batch rows `rows` (drop finished sequences)."""
+        self.key = [k.index_select(0, rows) for k in self.key]
+        self.value = [v.index_select(0, rows) for v in self.value]
+
+
+class SDARRMSNorm(nn.Module):
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class SDARRotaryEmbedding(nn.Module):
+    def __init__(self, config: SDARConfig, device=None):
+        super().__init__()
+        scaling = config.rope_scaling or {}
+        self.rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[self.rope_type](config, device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x, position_ids):
+        # Angles in fp32 whatever the model dtype: bf16 positions lose precision past ~256.
+        freqs = position_ids[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def _flex_attention(q, k, v, mask, scale):
+    """FlexAttention over a dense bool mask [b, 1 or h, q, k]; GPU path (no CPU backward in torch)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    mask = mask.expand(q.shape[0], -1, -1, -1)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return mask[b, 0, q_idx, kv_idx]
+
+    block_mask = create_block_mask(mask_mod, q.shape[0], None, q.shape[2], k.shape[2], device=q.device)
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+
+def sdar_attention(q, k, v, mask, scale, implementation="sdpa"):
+    """q [b, h, q, d], k/v [b, kv, k, d], mask bool [b, 1, q, k] or additive float or None -> [b, h, q, d].
+
+    SDPA is the reference path and runs everywhere. On CUDA, flash-attn serves the unmasked case
+    and FlexAttention serves `implementation="flex_attention"`; both agree with SDPA to tolerance.
+    """
+    if q.is_cuda and mask is None and implementation in ("sdpa", "flash_attention_2"):
+        flash = _flash_attn_func()
+        if flash is not None and q.dtype in (torch.float16, torch.bfloat16):
+            out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale, causal=False)
+            return out.transpose(1, 2)
+    if implementation == "flex_attention" and mask is not None and mask.dtype == torch.bool:
+        return _flex_attention(q, k, v, mask, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+def normalize_attention_mask(attention_mask, dtype, key_length):
+    """Bring a caller's mask to SDPA form: None, bool (True = attend) or additive float.
+
+    Accepted: 4-D bool; 4-D float additive (0 = attend, -inf/min = blocked); 4-D integer 0/1
+    (1 = attend, as the reference training code passes it); 2-D [b, k] key padding (1 = attend).
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 2:
+        attention_mask = attention_mask[:, None, None, :]
+    if attention_mask.dim() != 4:
+        raise ValueError(f"attention_mask must be 2-D or 4-D, got shape {tuple(attention_mask.shape)}")
+    if attention_mask.shape[-1] < key_length:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys but attention has {key_length}")
+    attention_mask = attention_mask[..., :key_length]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if attention_mask.is_floating_point():
+        return attention_mask.to(dtype)
+    return attention_mask > 0
+
+
+class SDARMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SDARAttention(nn.Module):
+    def __init__(self, config: SDARConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.q_norm = SDARRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.k_norm = SDARRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None):
+        batch, q_len, _ = hidden_states.shape
+        q = self.q_norm(self.q_proj(hidden_states).view(batch, q_len, -1, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(hidden_states).view(batch, q_len, -1, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(batch, q_len, -1, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if past_key_values is not None:
+            k, v = past_key_values.write(self.layer_idx, k, v)
+        mask = normalize_attention_mask(attention_mask, q.dtype, k.shape[2])
+        out = sdar_attention(q, k, v, mask, self.scaling, self.config._attn_implementation or "sdpa")
+        return self.o_proj(out.transpose(1, 2).reshape(batch, q_len, -1))
+
+
+class SDARDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: SDARConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = SDARAttention(config, layer_idx)
+        self.mlp = SDARMLP(config)
+        self.input_layernorm = SDARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = SDARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None):
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class SDARPreTrainedModel(PreTrainedModel):
+    config_class = SDARConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SDARDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, SDARRMSNorm):
+            module.weight.data.fill_(1.0)
+
+
+class SDARModel(SDARPreTrainedModel):
+    def __init__(self, config: SDARConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([SDARDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = SDARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = SDARRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[SDARBlockCache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        commit_kv: int = 0,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """`past_key_values` is an `SDARBlockCache` (or None); `commit_kv` = how many leading new tokens to
+        commit to it after this forward. `attention_mask` must cover cache + new keys."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if past_key_values is not None and not isinstance(past_key_values, SDARBlockCache):
+            raise ValueError(f"past_key_values must be an SDARBlockCache, got {type(past_key_values).__name__}")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if position_ids is None:
+            past = past_key_values.length if past_key_values is not None else 0
+            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_embeddings, attention_mask, past_key_values)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        hidden_states = self.norm(hidden_states)
+        if past_key_values is not None and commit_kv:
+            past_key_values.commit(commit_kv)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        )
+
+
+class SDARForCausalLM(SDARPreTrainedModel):
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config: SDARConfig):
+        super().__init__(config)
+        self.model = SDARModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[SDARBlockCache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        commit_kv: int = 0,
+        logits_to_keep: Union[int, slice, torch.Tensor] = 0,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits at position i predict token i (no shift). `labels` (-100 = ignore) give a plain CE loss.
+        `logits_to_keep`: int n keeps the last n positions (0 = all), a slice or index tensor selects positions."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            commit_kv=commit_kv,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep])
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = ["SDARBlockCache", "SDARForCausalLM", "SDARModel", "SDARPreTrainedModel", "sdar_attention"]

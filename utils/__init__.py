@@ -1,0 +1,1 @@
+"""Shared building blocks every entry script imports: config, prompts, masks, decoding, grading, I/O."""

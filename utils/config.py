@@ -1,0 +1,92 @@
+"""`script.py config=path.yaml a.b=value ...`: OmegaConf merge with the YAML as the schema.
+
+Every key given on the command line must exist in the YAML (typos are errors that name the nearest
+valid key), values keep the YAML's type (ints are accepted for floats; a null default accepts
+anything), and `???` values are required. The resolved config is saved beside every output.
+"""
+import difflib
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """One-line configuration error."""
+
+
+def _flat_keys(tree, prefix=""):
+    """Plain nested dict -> {"a.b": value} for every node (mappings included)."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out[path] = value
+        if isinstance(value, dict):
+            out.update(_flat_keys(value, path + "."))
+    return out
+
+
+def _type_ok(default, value):
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (int, str)):
+        return isinstance(value, type(default))
+    if isinstance(default, (list, dict)):
+        return isinstance(value, type(default))
+    return True
+
+
+def _type_name(v):
+    return {list: "list", dict: "mapping"}.get(type(v), type(v).__name__)
+
+
+def load_config(argv=None):
+    """Parse `config=<yaml>` plus dotted overrides from argv (default sys.argv[1:])."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cli = OmegaConf.from_dotlist(argv)
+    if "config" not in cli:
+        raise ConfigError("missing config=<path.yaml> on the command line")
+    path = Path(str(cli.config))
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    base = OmegaConf.load(path)
+    schema = _flat_keys(OmegaConf.to_container(base, resolve=False))
+    for key, value in _flat_keys(OmegaConf.to_container(cli, resolve=False)).items():
+        if key == "config" or isinstance(value, dict):
+            continue
+        if key not in schema:
+            near = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.5)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"unknown config key '{key}' (not in {path}){hint}")
+        default = schema[key]
+        if isinstance(default, str) and (default == "???" or default.startswith("${")):
+            continue  # required or interpolated: any type
+        if not _type_ok(default, value):
+            raise ConfigError(
+                f"config key '{key}' expects {_type_name(default)} (default {default!r}), got {_type_name(value)} {value!r}"
+            )
+    cfg = OmegaConf.merge(base, cli)
+    for key, value in _flat_keys(OmegaConf.to_container(cfg, resolve=False)).items():
+        if value == "???":
+            raise ConfigError(f"required config key '{key}' is missing: pass {key}=... or set it in {path}")
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # broken ${...} interpolation
+        raise ConfigError(f"{path}: config interpolation failed: {str(err).splitlines()[0]}") from None
+    return cfg
+
+
+def save_config(cfg, directory, name="config.yaml"):
+    """Write the resolved config beside an output, atomically."""
+    return atomic_write_text(Path(directory) / name, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def flatten(cfg):
+    """Dotted (key, value) pairs of the resolved config, e.g. for experiment trackers."""
+    return {k: v for k, v in _flat_keys(OmegaConf.to_container(cfg, resolve=True)).items() if not isinstance(v, dict)}

@@ -1,0 +1,61 @@
+"""Dataset / record I/O: JSON or JSONL in, atomic writes out (temp file, then rename)."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file, item or key."""
+
+
+def atomic_write_text(path, text):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path, obj, indent=2):
+    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
+
+
+def atomic_write_jsonl(path, records):
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_records(path):
+    """A JSON list of objects, a single JSON object, or JSONL -> list[dict]. One-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as whole_err:
+        data = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                where = f"line {lineno}" if lineno > 1 else f"line {whole_err.lineno} col {whole_err.colno}"
+                raise DataError(f"{path}: malformed JSON/JSONL at {where}: {err.msg}") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}: item {i} is a {type(item).__name__}, expected an object")
+    return data
