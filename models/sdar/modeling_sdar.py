@@ -7,6 +7,7 @@ Block diffusion needs two things a causal LM does not have:
 
 State-dict names and shapes match the released SDAR checkpoints (JetLM/SDAR-*-Chat).
 """
+import functools
 from typing import Optional, Union
 
 import torch
@@ -113,7 +114,13 @@ def _flex_attention(q, k, v, mask, scale):
         return mask[b, 0, q_idx, kv_idx]
 
     block_mask = create_block_mask(mask_mod, q.shape[0], None, q.shape[2], k.shape[2], device=q.device)
-    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+    kernel = _compiled_flex(flex_attention) if q.is_cuda else flex_attention
+    return kernel(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex(flex_attention):
+    return torch.compile(flex_attention)
 
 
 def sdar_attention(q, k, v, mask, scale, implementation="sdpa"):
