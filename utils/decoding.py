@@ -226,6 +226,7 @@ def generate(model, prompts, cfg: DecodeConfig, *, mask_id, pad_id, stop_ids=(),
                 pending_commit = False
             else:
                 logits = forward(s_col, e_col, 0, noisy_from=s_col)
+            logits[..., mask_id] = float("-inf")  # unmasking to <|MASK|> would leave the position masked
             u = hash_uniform(seeds[rows, None], step_count[rows, None], arange_b)
             cand, conf = sample_tokens(logits, cfg, u)
             chosen = select_positions(conf, selectable & active[:, None], schedule[s], cfg)

@@ -1,0 +1,46 @@
+"""Merge the per-node rollout files of a `evaluation.num_node=N` run into one file, in dataset order.
+
+    python sample/merge_shards.py --output merged.json outputs-0-eval-M-D.json outputs-1-eval-M-D.json ...
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.io import DataError, atomic_write_json, read_records  # noqa: E402
+
+
+def merge(paths):
+    """Shards must be given in node order (outputs-0-..., outputs-1-..., ...); names are checked."""
+    def node(path):
+        parts = Path(path).name.split("-")
+        return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+
+    nodes = [node(p) for p in paths]
+    if None not in nodes:
+        order = sorted(range(len(paths)), key=nodes.__getitem__)
+        paths = [paths[i] for i in order]
+        if sorted(nodes) != list(range(len(paths))):
+            raise DataError(f"shards {sorted(nodes)} are not a complete set 0..{len(paths) - 1}")
+    merged = []
+    for path in paths:
+        merged.extend(read_records(path))
+    return merged
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("shards", nargs="+")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+    try:
+        merged = merge(args.shards)
+    except DataError as err:
+        sys.exit(f"merge_shards.py: error: {err}")
+    atomic_write_json(args.output, merged)
+    print(f"merged {len(args.shards)} shards, {len(merged)} items -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

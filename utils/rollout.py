@@ -1,0 +1,298 @@
+"""Decode a dataset with the block-diffusion decoder: prompts, replicas, batching, processes, resume.
+
+Shared by `sample/sdar_sample.py` (rollouts with trajectories) and `eval.py` (few-step evaluation).
+Under `accelerate launch` every process decodes a strided share of the prompts and the main process
+gathers the results in input order; as a plain script it is the same code with one process.
+A crash loses at most one batch: finished sequences are appended to per-process `.partial` files
+and skipped on rerun (only when the decoding settings are identical).
+"""
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .checkpoint import REPO_ROOT
+from .decoding import DecodeConfig, generate, sequence_seeds
+from .grading import extract_answer
+from .io import DataError, read_records
+from .prompting import DATA_TYPES, build_prompt, encode_prompt
+
+
+def dataset_path(name_or_path):
+    """`MATH500` -> data/MATH500.json under the repo; an existing file path is used as is."""
+    raw = Path(str(name_or_path))
+    for candidate in (raw, REPO_ROOT / raw, REPO_ROOT / "data" / f"{raw}.json", REPO_ROOT / "data" / f"{raw}.jsonl"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"dataset '{name_or_path}': no file {REPO_ROOT / 'data' / (str(raw) + '.json')} "
+                    "(run data/download_data.py or pass a path)")
+
+
+def load_items(name_or_path):
+    path = dataset_path(name_or_path)
+    items = read_records(path)
+    if not items:
+        raise DataError(f"{path}: dataset is empty")
+    return path, items
+
+
+def item_error(item, data_type):
+    """Why an item cannot be decoded, or None."""
+    if data_type not in DATA_TYPES:
+        raise DataError(f"unknown data_type '{data_type}': expected one of {', '.join(DATA_TYPES)}")
+    question = item.get("question")
+    if not isinstance(question, str) or not question.strip():
+        return "missing or empty 'question'"
+    if data_type == "code" and item.get("test_method", "function") not in ("function", "stdio"):
+        return f"unknown test_method '{item.get('test_method')}'"
+    return None
+
+
+def decode_config(rollout_cfg, **overrides):
+    """DecodeConfig from the `rollout:` section of sdar_sample.yaml / eval.yaml (ConfigError if invalid)."""
+    from .config import ConfigError
+
+    try:
+        return _decode_config(rollout_cfg, **overrides)
+    except ValueError as err:
+        raise ConfigError(f"rollout: {err}") from None
+
+
+def _decode_config(rollout_cfg, **overrides):
+    settings = dict(
+        block_size=int(rollout_cfg.block_size),
+        steps_per_block=int(rollout_cfg.denoising_steps_per_block),
+        max_new_tokens=int(rollout_cfg.max_token),
+        temperature=float(rollout_cfg.temperature),
+        top_k=int(rollout_cfg.top_k),
+        top_p=float(rollout_cfg.top_p),
+        strategy=str(rollout_cfg.remasking_strategy),
+        dynamic_threshold=float(rollout_cfg.dynamic_threshold),
+        random_init_ratio=float(rollout_cfg.random_init_ratio),
+    )
+    settings.update(overrides)
+    return DecodeConfig(**settings)
+
+
+def _fingerprint(**settings):
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_partial(paths, fingerprint):
+    done = {}
+    for path in paths:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if rec.get("fingerprint") == fingerprint:
+                done[(rec["item"], rec["replica"])] = rec
+    return done
+
+
+def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num_responses=1, seed=0,
+            batch_size=0, start_with_think=False, stop_ids=(), partial_prefix=None, state=None,
+            progress=True, checkpoint_name="", index_offset=0):
+    """Decode `num_responses` replicas of every item. Returns (results, stats) on the main process.
+
+    results: the input items, each extended with prompt, full_output, response_ids, step_map,
+    extracted_output, response_length, nfe, finished (lists over replicas); an item that cannot be
+    decoded keeps its fields plus `error`, and the others are unaffected. Other processes get (None, stats).
+    `index_offset` is the position of items[0] in the whole dataset (node sharding): sequence seeds
+    derive from global indices, so shards merged equal one run.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    state = state or PartialState()
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    prompts, errors = {}, {}
+    for i, item in enumerate(items):
+        err = item_error(item, data_type)
+        if err is None:
+            text = build_prompt(tokenizer, item, data_type, start_with_think)
+            ids = encode_prompt(tokenizer, text)
+            if max_pos and len(ids) + decode_cfg.max_new_tokens > max_pos:
+                err = f"prompt of {len(ids)} tokens + max_token {decode_cfg.max_new_tokens} exceeds the model's context {max_pos}"
+            else:
+                prompts[i] = (text, ids)
+        if err is not None:
+            errors[i] = f"item {i}: {err}"
+
+    fingerprint = _fingerprint(decode=asdict(decode_cfg), seed=seed, k=num_responses, ckpt=checkpoint_name,
+                               n=len(items), offset=index_offset, data_type=data_type, think=start_with_think)
+    done = {}
+    partial_file = None
+    if partial_prefix is not None:
+        partial_prefix = Path(partial_prefix)
+        partial_prefix.parent.mkdir(parents=True, exist_ok=True)
+        done = _read_partial(sorted(partial_prefix.parent.glob(partial_prefix.name + ".partial.rank*.jsonl")), fingerprint)
+        partial_file = partial_prefix.parent / f"{partial_prefix.name}.partial.rank{state.process_index}.jsonl"
+
+    jobs = [(i, r) for i in prompts for r in range(num_responses) if (i, r) not in done]
+    jobs.sort(key=lambda job: len(prompts[job[0]][1]))  # similar lengths share a batch: less padding
+    mine = jobs[state.process_index::state.num_processes]
+    step = batch_size if batch_size and batch_size > 0 else max(len(mine), 1)
+    results = []
+    started = time.perf_counter()
+    forwards = 0
+    bar = tqdm(total=len(mine), desc="decoding", unit="seq", disable=not (progress and state.is_local_main_process))
+    for start in range(0, len(mine), step):
+        chunk = mine[start:start + step]
+        out = generate(
+            model, [prompts[i][1] for i, _ in chunk], decode_cfg,
+            mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id, stop_ids=stop_ids,
+            seeds=sequence_seeds(seed, [(index_offset + i) * num_responses + r for i, r in chunk]), vocab_for_random=len(tokenizer),
+        )
+        forwards += out.batch_forwards
+        new = [
+            {"item": i, "replica": r, "ids": ids, "steps": sm, "nfe": nfe, "finished": fin, "fingerprint": fingerprint}
+            for (i, r), ids, sm, nfe, fin in zip(chunk, out.token_ids, out.step_maps, out.nfe, out.finished)
+        ]
+        results.extend(new)
+        if partial_file is not None:
+            with open(partial_file, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(rec) + "\n" for rec in new))
+        bar.update(len(chunk))
+        tokens = sum(len(rec["ids"]) for rec in results)
+        bar.set_postfix(tok_per_fwd=f"{tokens / max(sum(rec['nfe'] for rec in results), 1):.2f}")
+    bar.close()
+    elapsed = time.perf_counter() - started
+
+    gathered = gather_object([results]) if state.num_processes > 1 else [results]
+    stats = {"seconds": elapsed, "batch_forwards": forwards, "processes": state.num_processes}
+    if not state.is_main_process:
+        return None, stats
+    for part in gathered:
+        for rec in part:
+            done[(rec["item"], rec["replica"])] = rec
+    return assemble(items, prompts, errors, done, num_responses, tokenizer, data_type), stats
+
+
+def assemble(items, prompts, errors, done, num_responses, tokenizer, data_type):
+    """Results in input order: one output item per input item, replicas as lists."""
+    out = []
+    for i, item in enumerate(items):
+        if i in errors:
+            out.append({**item, "error": errors[i]})
+            continue
+        recs = [done[(i, r)] for r in range(num_responses)]
+        texts = [tokenizer.decode(rec["ids"], skip_special_tokens=False) for rec in recs]
+        out.append({
+            **item,
+            "prompt": prompts[i][0],
+            "full_output": texts,
+            "step_map": [rec["steps"] for rec in recs],
+            "response_ids": [rec["ids"] for rec in recs],
+            "extracted_output": [extract_answer(t, item, data_type) for t in texts],
+            "response_length": [len(rec["ids"]) for rec in recs],
+            "nfe": [rec["nfe"] for rec in recs],
+            "finished": [rec["finished"] for rec in recs],
+        })
+    return out
+
+
+def summarize(results, stats):
+    """Decoding-cost metrics over all decoded sequences."""
+    lengths = [n for item in results if "error" not in item for n in item["response_length"]]
+    nfes = [n for item in results if "error" not in item for n in item["nfe"]]
+    tokens = sum(lengths)
+    return {
+        "sequences": len(lengths),
+        "failed_items": sum("error" in item for item in results),
+        "mean_response_length": tokens / max(len(lengths), 1),
+        "mean_nfe": sum(nfes) / max(len(nfes), 1),
+        "tokens_per_forward": tokens / max(sum(nfes), 1),
+        "batch_forwards": stats["batch_forwards"],
+        "seconds": stats["seconds"],
+        "tokens_per_second": tokens / max(stats["seconds"], 1e-9),
+    }
+
+
+def shard(items, num_node, node_index):
+    """Contiguous shard `node_index` of `num_node` (as the original): (offset, items)."""
+    if not 0 <= node_index < num_node:
+        raise DataError(f"evaluation.node_index {node_index} must be in [0, num_node={num_node})")
+    lo, hi = len(items) * node_index // num_node, len(items) * (node_index + 1) // num_node
+    return lo, items[lo:hi]
+
+
+def output_path(cfg):
+    """<output_dir>/<project>/temp_data/outputs[-<node>]-eval-<checkpoint>-<dataset>.json (the original's name)."""
+    base = Path(cfg.experiment.output_dir) if cfg.experiment.output_dir else REPO_ROOT
+    ckpt = Path(str(cfg.evaluation.checkpoint_path).rstrip("/")).name
+    dataset = Path(str(cfg.evaluation.eval_dataset)).stem
+    node = f"-{cfg.evaluation.node_index}" if cfg.evaluation.num_node > 1 else ""
+    return base / cfg.experiment.project / "temp_data" / f"outputs{node}-eval-{ckpt}-{dataset}.json"
+
+
+def setup(cfg):
+    """Model, tokenizer and stop ids for the `rollout:`/`evaluation:` sections (shared with eval.py)."""
+    import torch
+
+    from .checkpoint import load, stop_token_ids
+    from .config import ConfigError
+
+    if int(cfg.rollout.tensor_parallel_size) != 1:
+        raise ConfigError("rollout.tensor_parallel_size must be 1: every process holds the whole model; "
+                          "scale out with `accelerate launch` (one process per GPU)")
+    from accelerate import PartialState
+
+    state = PartialState()
+    dtype = str(cfg.rollout.dtype)
+    if dtype == "auto":
+        dtype = "bf16" if state.device.type == "cuda" else "fp32"
+    model, tokenizer, path = load(cfg.evaluation.checkpoint_path, dtype=dtype, device=state.device)
+    stop_ids = stop_token_ids(tokenizer)
+    for text in cfg.rollout.stop_token_list or []:
+        ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ConfigError(f"rollout.stop_token_list entry {text!r} is {len(ids)} tokens; stop strings must be one token")
+        stop_ids.append(ids[0])
+    trained_b = getattr(model.config, "block_size", None)
+    if trained_b is not None and int(trained_b) != int(cfg.rollout.block_size):
+        import warnings
+
+        warnings.warn(f"rollout.block_size={cfg.rollout.block_size} differs from the block size the model was "
+                      f"trained with ({trained_b}, config.json 'block_size'); quality will suffer", stacklevel=2)
+    torch.manual_seed(int(cfg.rollout.seed))
+    return state, model, tokenizer, path, stop_ids
+
+
+def run_rollout_job(cfg):
+    """sdar_sample.py: decode the (sharded) dataset and write the rollout file. Returns its path."""
+    from .config import save_config
+    from .io import atomic_write_json
+
+    data_file, items = load_items(cfg.evaluation.eval_dataset)
+    offset, items = shard(items, int(cfg.evaluation.num_node), int(cfg.evaluation.node_index))
+    state, model, tokenizer, ckpt, stop_ids = setup(cfg)
+    out_path = output_path(cfg)
+    results, stats = rollout(
+        model, tokenizer, items, data_type=str(cfg.evaluation.data_type), decode_cfg=decode_config(cfg.rollout),
+        num_responses=int(cfg.rollout.num_response_per_task), seed=int(cfg.rollout.seed),
+        batch_size=min(int(cfg.rollout.batch_size or 0) or 10**9, int(cfg.rollout.max_active)),
+        start_with_think=bool(cfg.rollout.start_with_think), stop_ids=stop_ids, partial_prefix=out_path,
+        state=state, checkpoint_name=ckpt, index_offset=offset,
+    )
+    if not state.is_main_process:
+        return None
+    if not cfg.evaluation.output_unmasking_history:
+        for item in results:
+            if "step_map" in item:
+                item["step_map"] = [[] for _ in item["step_map"]]
+    atomic_write_json(out_path, results)
+    save_config(cfg, out_path.parent, out_path.stem + ".config.yaml")
+    for partial in out_path.parent.glob(out_path.name + ".partial.rank*.jsonl"):
+        partial.unlink()
+    summary = summarize(results, stats)
+    for item in results:
+        if "error" in item:
+            print(f"{data_file}: skipped {item['error']}", file=sys.stderr)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
+    print(f"wrote {out_path}")
+    return out_path
