@@ -26,8 +26,10 @@ def dataset_path(name_or_path):
     for candidate in (raw, REPO_ROOT / raw, REPO_ROOT / "data" / f"{raw}.json", REPO_ROOT / "data" / f"{raw}.jsonl"):
         if candidate.is_file():
             return candidate
+    if raw.suffix or len(raw.parts) > 1:
+        raise DataError(f"{raw}: file not found")
     raise DataError(f"dataset '{name_or_path}': no file {REPO_ROOT / 'data' / (str(raw) + '.json')} "
-                    "(run data/download_data.py or pass a path)")
+                    f"(run `python data/download_data.py --dataset {raw}` or pass a path)")
 
 
 def load_items(name_or_path):
