@@ -1,0 +1,323 @@
+"""data/rename_key.py, data/download_data.py, data/synthetic_math.py and accelerate_configs/*.yaml."""
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+CONFIGS = REPO / "accelerate_configs"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"data_{name}", DATA / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rename_key = load_script("rename_key")
+download_data = load_script("download_data")
+synthetic_math = load_script("synthetic_math")
+
+
+# ---------------------------------------------------------------- rename_key
+
+ROLLOUT = [
+    {"question": "Q0", "ground_truth_answer": "5", "answer": "dataset answer", "prompt": "P0",
+     "full_output": ["a0", "a1"], "response_ids": [[11, 12, 13], [14, 15]], "step_map": [[1, 3, 2], [1]],
+     "extracted_output": ["5", "6"], "response_length": [3, 2], "nfe": [4, 3], "finished": [True, False]},
+    {"question": "Q1", "prompt": "P1", "full_output": ["b0", "b1"], "response_ids": [[7], [8, 9]],
+     "step_map": [[1], [2, 2]]},
+]
+EXPECTED = [
+    {"question": "Q0", "prompt": "P0", "answer": "a0", "response_ids": [11, 12, 13], "step_map": [1, 3, 2],
+     "source_index": 0, "replica": 0, "ground_truth_answer": "5", "original_answer": "dataset answer",
+     "extracted_output": "5", "response_length": 3, "nfe": 4, "finished": True},
+    {"question": "Q1", "prompt": "P1", "answer": "b0", "response_ids": [7], "step_map": [1],
+     "source_index": 1, "replica": 0},
+    {"question": "Q1", "prompt": "P1", "answer": "b1", "response_ids": [8, 9], "step_map": [2, 2],
+     "source_index": 1, "replica": 1},
+]
+
+
+def test_rename_key_one_record_per_replica_and_counted_drop(tmp_path, capsys):
+    src = tmp_path / "m-d.json"
+    src.write_text(json.dumps(ROLLOUT))
+    assert rename_key.main(["--input", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "kept 3 records from 2 items; dropped 1: step_map length != response_ids length: 1" in out
+    assert json.loads((tmp_path / "m-d_renamed.json").read_text()) == EXPECTED
+
+
+def test_rename_key_default_paths_follow_the_script_folder(tmp_path, monkeypatch, capsys):
+    assert rename_key.DATA_DIR == DATA
+    monkeypatch.setattr(rename_key, "DATA_DIR", tmp_path)
+    monkeypatch.chdir(REPO)  # any CWD: the default names do not depend on it
+    (tmp_path / "SDAR-4B-Chat-MATH_train.json").write_text(json.dumps(ROLLOUT))
+    assert rename_key.main(["--model_name", "SDAR-4B-Chat", "--dataset", "MATH_train"]) == 0
+    assert json.loads((tmp_path / "SDAR-4B-Chat-MATH_train_renamed.json").read_text()) == EXPECTED
+
+
+def test_rename_key_jsonl_and_merged_shards(tmp_path):
+    a, b, out = tmp_path / "s0.jsonl", tmp_path / "s1.json", tmp_path / "merged.json"
+    a.write_text("".join(json.dumps(x) + "\n" for x in ROLLOUT))
+    b.write_text(json.dumps([ROLLOUT[1]]))
+    assert rename_key.main(["--input", str(a), "--input", str(b), "--output", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert records[:3] == EXPECTED
+    assert [(r["source_index"], r["replica"]) for r in records[3:]] == [(2, 0), (2, 1)]
+
+
+def test_rename_key_missing_file(tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    assert rename_key.main(["--input", str(missing)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"rename_key.py: error: {missing}: file not found"
+
+
+def test_rename_key_empty_result_is_an_error_and_writes_nothing(tmp_path, capsys):
+    src, out = tmp_path / "r.json", tmp_path / "out.json"
+    bad = [{"question": "", "prompt": "P", "full_output": ["x"], "response_ids": [[1]], "step_map": [[1]]},
+           {"question": "Q", "prompt": "P", "full_output": ["x"], "response_ids": [[1, 2]], "step_map": ""},
+           {"question": "Q", "prompt": "P", "full_output": ["x", "y"]}]  # no token ids at all
+    src.write_text(json.dumps(bad))
+    assert rename_key.main(["--input", str(src), "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rename_key.py: error: {src}: no valid training records (kept 0 records from 3 items; dropped 4: "
+                   "response_ids missing, empty or not ints: 2, question missing or empty: 1, "
+                   "step_map missing or not ints: 1)"]
+    assert list(tmp_path.iterdir()) == [src]  # no output, no temp file
+
+
+def test_rename_key_strict_names_item_and_replica(tmp_path, capsys):
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(ROLLOUT))
+    assert rename_key.main(["--input", str(src), "--strict"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"rename_key.py: error: {src}: item 0 replica 1: step_map length != response_ids length")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"question": "Q"}, 3]', "item 1 is a int, expected an object"),
+    ('[{"question": "Q"', "malformed JSON/JSONL at line 1"),
+])
+def test_rename_key_malformed_input(tmp_path, capsys, text, message):
+    src = tmp_path / "r.json"
+    src.write_text(text)
+    assert rename_key.main(["--input", str(src)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rename_key.py: error: {src}: {message}") and "\n" not in err
+
+
+# ---------------------------------------------------------------- synthetic_math
+
+def test_synthetic_items_are_deterministic_and_prefix_stable():
+    first = synthetic_math.make_items(200, 7, "train")
+    assert first == synthetic_math.make_items(200, 7, "train")
+    assert first[:50] == synthetic_math.make_items(50, 7, "train")
+    assert first != synthetic_math.make_items(200, 8, "train")
+
+
+def test_synthetic_train_and_test_are_disjoint_up_to_operand_order():
+    train_pool, test_pool = synthetic_math.problem_pool("train"), synthetic_math.problem_pool("test")
+    assert not set(train_pool) & set(test_pool) and len(train_pool) + len(test_pool) == 92 * 91 * 90 // 6
+    key = lambda it: tuple(sorted(it["operands"]))  # noqa: E731
+    train = {key(it) for it in synthetic_math.make_items(20000, 0, "train")}
+    test = [key(it) for seed in (0, 1) for it in synthetic_math.make_items(500, seed, "test")]
+    assert len(train) == 20000 and len(set(test[:500])) == 500 and not train & set(test)
+
+
+def test_synthetic_item_content():
+    pattern = re.compile(r"(\d+)\+(\d+)=(\d+)")
+    items = synthetic_math.make_items(300, 0, "test")
+    assert {it["solution_style"] for it in items} == {0, 1, 2, 3}
+    assert {it["question_style"] for it in items} == {0, 1, 2, 3}
+    for it in items:
+        a, b, c = it["operands"]
+        assert it["ground_truth_answer"] == str(a + b + c) and all(str(x) in it["question"] for x in (a, b, c))
+        assert it["solution"] == it["solutions"][it["solution_style"]]
+        assert len({s.split()[0] for s in it["solutions"]}) == 4  # phrasings differ at the first word
+        for sol in it["solutions"]:
+            assert sol.endswith(f"\\boxed{{{a + b + c}}}")
+            steps = pattern.findall(sol)
+            assert len(steps) == 2 and all(int(x) + int(y) == int(z) for x, y, z in steps)
+            assert steps[0][2] == steps[1][0] or steps[0][2] == steps[1][1]  # second step uses the first result
+    one = synthetic_math.make_items(1, 0, "test")[0]
+    a, b, c = one["operands"]
+    assert one["solutions"][0] == f"First {a}+{b}={a + b}, then {a + b}+{c}={a + b + c}. \\boxed{{{a + b + c}}}"
+
+
+def test_synthetic_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="test pool holds"):
+        synthetic_math.make_items(10 ** 6, 0, "test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        synthetic_math.make_items(1, 0, "dev")
+
+
+def test_shipped_synthetic_files_match_the_generator():
+    def read(name):
+        return json.loads((DATA / name).read_text())
+    test = read("synthetic_math_test.json")
+    assert test == synthetic_math.make_items(500, 0, "test")
+    assert read("synthetic_math_smoke.json") == test[:16]
+    assert read("synthetic_math_train.json") == synthetic_math.make_items(20000, 0, "train")
+
+
+def test_synthetic_cli_writes_files(tmp_path):
+    synthetic_math.main(["--seed", "3", "--train", "20", "--test", "5", "--out_dir", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "synthetic_math_smoke.json", "synthetic_math_test.json", "synthetic_math_train.json"]
+    assert json.loads((tmp_path / "synthetic_math_train.json").read_text()) == synthetic_math.make_items(20, 3, "train")
+    assert json.loads((tmp_path / "synthetic_math_smoke.json").read_text()) == synthetic_math.make_items(5, 3, "test")
+
+
+# ---------------------------------------------------------------- download_data
+
+def test_download_offline_fails_fast_with_one_line_and_no_file(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(DATA / "download_data.py"), "--dataset", "MATH500", "--out_dir", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "download_data.py: error: could not download test/MATH500.json from the hub dataset Gen-Verse/MATH500 "
+        "(hub unreachable or HF_HUB_OFFLINE=1, and not in the local hub cache); fetch it on a machine with network "
+        f"and place it at {out / 'MATH500.json'}")
+    assert list(out.iterdir()) == []
+
+
+def test_download_locations_and_default_folder():
+    assert download_data.DATA_DIR == DATA
+    assert download_data.hub_location("MATH_train") == ("Gen-Verse/MATH_train", "train/MATH_train.json")
+    assert download_data.hub_location("PrimeIntellect") == ("Gen-Verse/PrimeIntellect", "train/PrimeIntellect.json")
+    for name in ("MATH500", "GSM8K", "MBPP", "HumanEval"):
+        assert download_data.hub_location(name) == (f"Gen-Verse/{name}", f"test/{name}.json")
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """hf_hub_download served from a local file; returns the file to fill and the recorded calls."""
+    import huggingface_hub
+
+    served, calls = tmp_path / "served.json", []
+
+    def fake_download(**kwargs):
+        calls.append(kwargs)
+        return str(served)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(download_data, "hub_reachable", lambda: True)
+    return served, calls
+
+
+def test_download_copies_a_valid_file(tmp_path, fake_hub, capsys):
+    served, calls = fake_hub
+    served.write_text('[{"question": "1+1?", "ground_truth_answer": "2"}]\n')
+    out = tmp_path / "out"
+    assert download_data.main(["--dataset", "GSM8K", "--out_dir", str(out)]) == 0
+    assert (out / "GSM8K.json").read_text() == served.read_text()
+    assert calls == [{"repo_id": "Gen-Verse/GSM8K", "filename": "test/GSM8K.json", "repo_type": "dataset",
+                      "etag_timeout": download_data.TIMEOUT_S, "local_files_only": False}]
+    assert capsys.readouterr().out.strip() == f"wrote {out / 'GSM8K.json'} (1 items)"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "x"}', "expected a non-empty JSON list of objects, got dict"),
+    ('[{"q": 1}]', "item 0 is not an object with a 'question' key"),
+    ("[{", "not valid JSON"),
+])
+def test_download_rejects_bad_content_and_keeps_old_file(tmp_path, fake_hub, capsys, content, message):
+    served, _ = fake_hub
+    served.write_text(content)
+    (tmp_path / "MBPP.json").write_text("old")
+    assert download_data.main(["--dataset", "MBPP", "--out_dir", str(tmp_path)]) == 1
+    assert f"Gen-Verse/MBPP/test/MBPP.json: {message}" in capsys.readouterr().err
+    assert (tmp_path / "MBPP.json").read_text() == "old"
+
+
+# ---------------------------------------------------------------- accelerate configs
+
+ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def test_accelerate_config_set():
+    expected = {f"1_node_{n}_gpus_deepspeed_zero{s}.yaml" for n in (1, 2, 4, 8) for s in (1, 2, 3)}
+    expected |= {"1_node_6_gpus_deepspeed_zero1.yaml", "1_node_4_gpus.yaml", "1_node_8_gpus.yaml",
+                 "2_nodes_8_gpus_deepspeed_zero1.yaml", "cpu_1_process.yaml", "cpu_2_processes_ddp.yaml",
+                 "cpu_2_processes_deepspeed_zero1.yaml"}
+    assert set(ALL_CONFIGS) == expected
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_accelerate_config_loads_and_matches_its_name(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(CONFIGS / name))  # rejects unknown keys
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    assert "gradient_accumulation_steps" not in json.dumps(raw)  # would override the training config
+    m = re.match(r"(\d)_nodes?_(\d)_gpus(?:_deepspeed_zero(\d))?\.yaml$", name)
+    if m:
+        nodes, gpus, stage = int(m[1]), int(m[2]), m[3]
+        assert (cfg.num_machines, cfg.num_processes, cfg.use_cpu) == (nodes, nodes * gpus, False)
+        assert cfg.distributed_type.value == ("DEEPSPEED" if stage else "MULTI_GPU")
+        if stage:
+            assert cfg.deepspeed_config["zero_stage"] == int(stage)
+    else:
+        assert cfg.use_cpu and cfg.mixed_precision == "no"
+        assert cfg.num_processes == (1 if name == "cpu_1_process.yaml" else 2)
+
+
+LAUNCH_SCRIPT = """
+import os
+import torch
+from accelerate import Accelerator, InitProcessGroupKwargs
+no_cuda = not torch.cuda.is_available()
+deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+# CPU: DDP needs cpu=True (accelerate then picks MULTI_CPU over gloo); DeepSpeed needs cpu=False plus an
+# explicit gloo backend, else each rank runs alone (cpu=True would silently drop DeepSpeed).
+acc = Accelerator(gradient_accumulation_steps=3, cpu=no_cuda and not deepspeed,
+                  kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_cuda and deepspeed and multi else [])
+if acc.state.deepspeed_plugin is not None:
+    acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+torch.manual_seed(0)
+model, opt = torch.nn.Linear(2, 1), None
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+model, opt = acc.prepare(model, opt)
+acc.backward(model(torch.full((1, 2), float(acc.process_index + 1))).sum())
+opt.step()
+w = acc.unwrap_model(model).weight.detach().sum().item()
+print(f"RESULT {acc.process_index} {acc.num_processes} {acc.distributed_type.value} "
+      f"{acc.gradient_accumulation_steps} {acc.mixed_precision} {w:.6f}", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, n, kind", [
+    ("cpu_1_process.yaml", 1, "NO"),
+    ("cpu_2_processes_ddp.yaml", 2, "MULTI_CPU"),
+    ("cpu_2_processes_deepspeed_zero1.yaml", 2, "DEEPSPEED"),
+])
+def test_cpu_config_launches(tmp_path, name, n, kind):
+    with socket.socket() as sock:  # a free port: other jobs on the machine may hold accelerate's default
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "tiny.py"
+    script.write_text(LAUNCH_SCRIPT)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / name),
+                           "--main_process_port", str(port), str(script)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r[:5] for r in results] == [[str(i), str(n), kind, "3", "no"] for i in range(n)]
+    assert len({r[5] for r in results}) == 1  # ranks agree: gradients were averaged (or there is one rank)
