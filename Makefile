@@ -1,0 +1,29 @@
+# Two commands: `make setup` (fresh venv, pinned stack) and `make test` (the whole suite, slow tests included).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export DS_ACCELERATOR ?= cpu
+export WANDB_MODE ?= disabled
+
+.PHONY: setup test test-fast quickstart bench
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -r requirements.txt
+
+test:
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+test-fast:
+	$(BIN)/python -m pytest
+
+quickstart:
+	$(BIN)/python scripts/quickstart.py
+
+bench:
+	$(BIN)/python benchmarks/bench_decoding.py
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_memory.py
