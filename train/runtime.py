@@ -1,0 +1,134 @@
+"""Process setup shared by the trainers: threads, seed, TF32, the Accelerator and its W&B tracker.
+
+The training config is the source of truth for accumulation, clipping and precision; the accelerate
+YAML chooses the topology (processes, DDP or DeepSpeed and its ZeRO stage).
+"""
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import REPO_ROOT
+from utils.config import ConfigError, flatten
+from utils.io import DataError
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop (non-finite loss, unusable resume point); one line."""
+
+
+def run_dir(cfg):
+    """`{experiment.output_dir}/{experiment.project}`; a relative output_dir is taken from the repo root."""
+    out = Path(str(cfg.experiment.output_dir)).expanduser()
+    return (out if out.is_absolute() else REPO_ROOT / out) / str(cfg.experiment.project)
+
+
+def main_print(*args):
+    """print on rank 0 only (usable before the Accelerator exists)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(*args, flush=True)
+
+
+def setup_process(cfg):
+    """Threads, TF32 and the seed, before any model is built."""
+    from accelerate.utils import set_seed
+
+    if cfg.training.get("num_threads"):
+        torch.set_num_threads(int(cfg.training.num_threads))
+    if torch.cuda.is_available():  # TF32 only means something on CUDA matmuls
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.training.enable_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.training.enable_tf32)
+    set_seed(int(cfg.training.seed))
+
+
+def _wandb_env(cfg, directory):
+    mode = str(cfg.wandb.mode)
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got '{mode}'")
+    os.environ["WANDB_MODE"] = mode  # before wandb is imported anywhere: never a login prompt
+    os.environ.setdefault("WANDB_DIR", str(directory))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        netrc = Path("~/.netrc").expanduser()
+        if not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
+            raise ConfigError("wandb.mode=online needs WANDB_API_KEY or `wandb login`; use wandb.mode=offline")
+    return mode
+
+
+def make_accelerator(cfg, directory):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    mode = _wandb_env(cfg, directory)
+    accum = int(cfg.training.gradient_accumulation_steps)
+    clip = float(cfg.experiment.max_grad_norm) if cfg.experiment.gradient_clipping else 0.0
+    # accelerate launch exports the YAML's DeepSpeed values; ours win
+    os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(accum)
+    os.environ["ACCELERATE_GRADIENT_CLIPPING"] = str(clip)
+    # Without CUDA: plain multi-process runs must be told they are on the CPU (accelerate then starts DDP
+    # over gloo); DeepSpeed, which cpu=True would switch off, needs the gloo backend named instead.
+    on_cpu = not torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and deepspeed and multi else []
+    accelerator = Accelerator(
+        cpu=on_cpu and not deepspeed,
+        gradient_accumulation_steps=accum,
+        mixed_precision=str(cfg.training.mixed_precision),
+        log_with="wandb" if mode != "disabled" else None,
+        project_dir=str(directory),
+        kwargs_handlers=handlers,
+    )
+    if cfg.training.get("num_threads"):  # accelerate's multi-CPU setup may have reset it
+        torch.set_num_threads(int(cfg.training.num_threads))
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:  # a deepspeed_config_file is not overridden by the env above
+        plugin.deepspeed_config["gradient_accumulation_steps"] = accum
+        plugin.deepspeed_config["gradient_clipping"] = clip
+        micro = int(cfg.training.batch_size_lm)
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+        plugin.deepspeed_config["train_batch_size"] = micro * accum * accelerator.num_processes
+        if plugin.zero_stage == 3:  # save_pretrained needs whole weights
+            plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return accelerator
+
+
+def zero_stage(accelerator):
+    plugin = accelerator.state.deepspeed_plugin
+    return int(plugin.zero_stage) if plugin is not None else 0
+
+
+def start_tracker(accelerator, cfg, directory):
+    """accelerate's W&B tracker (when enabled); the run id is kept in the run dir so a resume continues it."""
+    if str(cfg.wandb.mode) == "disabled":
+        return
+    id_file = Path(directory) / "wandb_run_id"
+    run_id = cfg.wandb.run_id or (id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8])
+    if accelerator.is_main_process:
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+    accelerator.init_trackers(
+        str(cfg.wandb.project or cfg.experiment.project),
+        config=flatten(cfg),
+        init_kwargs={"wandb": {
+            "name": str(cfg.experiment.project), "id": run_id, "entity": cfg.wandb.entity,
+            "resume": "allow" if cfg.wandb.resume or cfg.training.resume_from_checkpoint else None,
+            "dir": str(directory),
+        }},
+    )
+
+
+def run_main(main, argv=None):
+    """Run a trainer's main(); expected failures end as one line on stderr (from rank 0) and exit code 1."""
+    try:
+        main(argv)
+    except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        sys.exit(1)

@@ -1,0 +1,112 @@
+"""Stage 3: T3D training of an SDAR model on its own rollout trajectories (DDO + path loss).
+
+    accelerate launch --config_file accelerate_configs/<...>.yaml train/self_ddo_sdar_full.py config=configs/ddo_sdar_full_self.yaml
+    python train/self_ddo_sdar_full.py config=configs/ddo_sdar_full_self.yaml [key.sub=value ...]
+"""
+import copy
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from train.data import load_examples, resolve_data_path  # noqa: E402
+from train.loop import fit  # noqa: E402
+from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
+from train.runtime import main_print, make_accelerator, run_dir, run_main, setup_process, start_tracker, zero_stage  # noqa: E402
+from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
+from utils.config import ConfigError, load_config, save_config  # noqa: E402
+
+
+def check_config(cfg):
+    tr = cfg.training
+    if tr.method != "semi-ar":
+        raise ConfigError(f"training.method '{tr.method}' is not supported (only semi-ar)")
+    if tr.mask_strategy not in ("trace", "random"):
+        raise ConfigError(f"training.mask_strategy must be trace or random, got '{tr.mask_strategy}'")
+    if not tr.mask_ratios or not all(0 < float(r) <= 1 for r in tr.mask_ratios):
+        raise ConfigError(f"training.mask_ratios must be a non-empty list of values in (0, 1], got {list(tr.mask_ratios)}")
+    for key in ("block_size", "path_k_steps", "round_interval", "batch_size_lm", "gradient_accumulation_steps"):
+        if int(tr[key]) < 1:
+            raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
+    if float(tr.max_grad_norm) != float(cfg.experiment.max_grad_norm):
+        raise ConfigError("training.max_grad_norm is an alias: set experiment.max_grad_norm instead")
+    if float(tr.target_temp) != 0.0:
+        print("note: training.target_temp has no effect (as in the original, the fake sample is the reference's)")
+
+
+def frozen_copy(model, cfg):
+    """The reference: a frozen copy in eval mode, outside the optimizer; bf16 weights when training in bf16."""
+    ref = copy.deepcopy(model).requires_grad_(False).eval()
+    return ref.to(torch.bfloat16) if str(cfg.training.mixed_precision) == "bf16" else ref
+
+
+def copy_weights(accelerator, model, ref):
+    """reference <- target. ZeRO-3 shards are gathered on every rank (get_state_dict would fill rank 0 only)."""
+    src = accelerator.unwrap_model(model)
+    params = list(src.parameters())
+    if zero_stage(accelerator) == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    else:
+        gather = nullcontext()
+    with gather, torch.no_grad():
+        for p_ref, p in zip(ref.parameters(), params):
+            p_ref.copy_(p)
+
+
+def round_refresher(accelerator, ref, every, epochs):
+    def on_epoch_end(epoch, model):
+        done = epoch + 1
+        if done % every or done >= epochs:
+            return False
+        copy_weights(accelerator, model, ref)
+        accelerator.print(f"round {done // every} finished at epoch {done}: reference <- target")
+        return True
+
+    return on_epoch_end
+
+
+def main(argv=None):
+    cfg = load_config(argv)
+    check_config(cfg)
+    tr, root = cfg.training, run_dir(cfg)
+    setup_process(cfg)
+    path = resolve_checkpoint(cfg.model.pretrained_model)
+    tokenizer = load_tokenizer(path)
+    examples = load_examples(
+        resolve_data_path(cfg.dataset.optimization_data), tokenizer, max_prompt_len=int(tr.max_prompt_len),
+        max_gen_length=int(tr.max_gen_length), post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records),
+        log=main_print,
+    )
+    # both models are loaded before the Accelerator exists: under ZeRO-3 a model loaded after it comes
+    # partitioned, and the reference must stay whole on every rank
+    model = load_model(path, "fp32", "cpu").train()
+    ref = frozen_copy(model, cfg)
+    accelerator = make_accelerator(cfg, root)
+    ref = ref.to(accelerator.device)
+    if tr.gradient_checkpointing_enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if accelerator.is_main_process:
+        save_config(cfg, root)
+    start_tracker(accelerator, cfg, root)
+    special = set(tokenizer.all_special_ids)
+    settings = T3DSettings(
+        seed=int(tr.seed), block_size=int(tr.block_size), mask_id=tokenizer.mask_token_id,
+        vocab_ids=torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special]),
+        mask_strategy=str(tr.mask_strategy), mask_ratios=tuple(float(r) for r in tr.mask_ratios),
+        mask_ratio_exponent=float(tr.mask_ratio_exponent), random_ratio=float(cfg.model.random_ratio),
+        alpha=float(tr.alpha), beta=float(tr.beta), reference_temp=float(tr.reference_temp),
+        path_k_steps=int(tr.path_k_steps), lambda_path=float(tr.lambda_path),
+    )
+    refresh = round_refresher(accelerator, ref, int(tr.round_interval), int(tr.num_train_epochs)) if tr.multi_round else None
+    fit(cfg, accelerator, root, model, tokenizer, examples,
+        lambda m, batch, epoch: t3d_micro_step(m, ref, batch, epoch, settings),
+        extra_state=(ref,), on_epoch_end=refresh)
+
+
+if __name__ == "__main__":
+    run_main(main)
