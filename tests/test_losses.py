@@ -36,7 +36,8 @@ def test_masked_mean_and_token_logp():
     logp = torch.log_softmax(torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]]), -1)
     tok = losses.token_logp(logp, torch.tensor([[2, 0]]))
     assert tok[0].tolist() == pytest.approx([3 - math.log(math.e + math.e**2 + math.e**3), -math.log(3)])
-    mean = losses.masked_mean(torch.tensor([[1.0, 2.0, 4.0], [5.0, 6.0, 7.0]]), torch.tensor([[1, 0, 1], [0, 0, 0]]).bool())
+    values = torch.tensor([[1.0, 2.0, 4.0], [5.0, 6.0, 7.0]])
+    mean = losses.masked_mean(values, torch.tensor([[1, 0, 1], [0, 0, 0]]).bool())
     assert mean.tolist() == [2.5, 0.0]
 
 

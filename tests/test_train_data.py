@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from train.data import Collate, EpochShuffle, load_examples, resolve_data_path
 from utils.io import DataError
@@ -99,7 +98,7 @@ def test_bad_records_give_one_line_errors(tiny, tmp_path, edit, message):
 
 def test_missing_file_and_all_skipped(tiny, tmp_path):
     _, tok = tiny
-    with pytest.raises(DataError, match=r"training data not found: .*data/nope.json \(dataset.optimization_data='nope'\)"):
+    with pytest.raises(DataError, match=r"not found: .*data/nope.json \(dataset.optimization_data='nope'\)"):
         resolve_data_path("nope")
     assert resolve_data_path(str(write(tmp_path / "x.json", []))) == tmp_path / "x.json"
     recs = fabricate_records(tok, 2)
@@ -144,8 +143,8 @@ def test_epoch_shuffle_is_a_function_of_seed_and_epoch():
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "train/self_ddo_sdar_full.py", "config=configs/ddo_sdar_full_self.yaml", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "train/self_ddo_sdar_full.py", "config=configs/ddo_sdar_full_self.yaml", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_reports_bad_input_in_one_line(tiny_dir, tmp_path):
@@ -156,10 +155,12 @@ def test_cli_reports_bad_input_in_one_line(tiny_dir, tmp_path):
     path = write(tmp_path / "bad.json", recs)
     out = _cli(f"dataset.optimization_data={path}", f"model.pretrained_model={tiny_dir}",
                f"experiment.output_dir={tmp_path}/exp")
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
-        f"error: {path}: record 2: step_map has {len(recs[2]['step_map'])} entries but response_ids has "
-        f"{len(recs[2]['response_ids'])} (set training.skip_invalid_records=true to skip such records)")
+        f"self_ddo_sdar_full.py: error: {path}: record 2: step_map has {len(recs[2]['step_map'])} entries but "
+        f"response_ids has {len(recs[2]['response_ids'])} "
+        "(set training.skip_invalid_records=true to skip such records)")
     missing = _cli(f"dataset.optimization_data={tmp_path}/none", f"experiment.output_dir={tmp_path}/exp")
-    assert missing.returncode == 1 and "error: training data not found" in missing.stderr.strip().splitlines()[-1]
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("self_ddo_sdar_full.py: error: training data not found")
     assert not (tmp_path / "exp").exists()

@@ -15,20 +15,28 @@ import re
 import shutil
 from pathlib import Path
 
+from train.runtime import TrainingError
 from utils.config import save_config
 from utils.io import atomic_write_text
 
 
 class LoopState:
-    """Where the loop is: saved with the accelerator state so a resume continues at the same micro-batch."""
+    """Where the loop is: saved with the accelerator state so a resume continues at the same micro-batch.
+    `layout` (processes, micro-batch, accumulation, records) must match on resume, or the position is wrong."""
 
-    def __init__(self):
+    def __init__(self, layout):
+        self.layout = list(layout)
         self.global_step, self.epoch, self.batches_done = 0, 0, 0
 
     def state_dict(self):
-        return {"global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done}
+        return {"global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done,
+                "layout": self.layout}
 
     def load_state_dict(self, state):
+        if list(state["layout"]) != self.layout:
+            raise TrainingError(
+                f"cannot resume: the state was saved with (processes, batch_size_lm, gradient_accumulation_steps, "
+                f"records) = {tuple(state['layout'])}, this run has {tuple(self.layout)}")
         self.global_step, self.epoch, self.batches_done = state["global_step"], state["epoch"], state["batches_done"]
 
 
@@ -118,7 +126,8 @@ class MetricsLog:
             return
         lines = []
         if resume_step is not None and self.path.is_file():
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            lines = [ln for ln in self.path.read_text().splitlines()
+                     if ln.strip() and json.loads(ln)["step"] <= resume_step]
         atomic_write_text(self.path, "".join(ln + "\n" for ln in lines))
 
     def write(self, record):

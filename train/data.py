@@ -33,7 +33,8 @@ def resolve_data_path(name):
     for candidate in (REPO_ROOT / "data" / f"{name}.json", REPO_ROOT / "data" / f"{name}.jsonl"):
         if candidate.is_file():
             return candidate
-    raise DataError(f"training data not found: {REPO_ROOT / 'data' / f'{name}.json'} (dataset.optimization_data='{name}')")
+    expected = REPO_ROOT / "data" / f"{name}.json"
+    raise DataError(f"training data not found: {expected} (dataset.optimization_data='{name}')")
 
 
 def _int_list(record, key, where):
@@ -50,7 +51,8 @@ def _finish(index, prompt_ids, response_ids, step_map, limits, stops, pad_id, wh
     max_prompt_len, max_gen_length, post_num = limits
     if len(prompt_ids) > max_prompt_len:
         raise RecordError(
-            f"{where}: prompt has {len(prompt_ids)} tokens > training.max_prompt_len={max_prompt_len}", "prompt too long"
+            f"{where}: prompt has {len(prompt_ids)} tokens > training.max_prompt_len={max_prompt_len}",
+            "prompt too long",
         )
     n_steps = len(step_map)
     response_ids, step_map = response_ids[:max_gen_length], step_map[:max_gen_length]

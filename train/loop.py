@@ -65,12 +65,13 @@ def _prepare(cfg, accelerator, model, tokenizer, examples, extra_state):
     accum = accelerator.gradient_accumulation_steps
     loader = DataLoader(ExampleDataset(examples), batch_size=int(tr.batch_size_lm),
                         sampler=EpochShuffle(len(examples), tr.seed), collate_fn=Collate(tokenizer.pad_token_id))
-    raw_optimizer = make_optimizer(model, cfg, learning_rate(cfg, int(tr.batch_size_lm) * accelerator.num_processes * accum))
+    total_batch = int(tr.batch_size_lm) * accelerator.num_processes * accum
+    raw_optimizer = make_optimizer(model, cfg, learning_rate(cfg, total_batch))
     model, optimizer, loader = accelerator.prepare(model, raw_optimizer, loader)
     total_steps = math.ceil(len(loader) / accum) * int(tr.num_train_epochs)
     # stepped by the loop on the raw optimizer's param groups (accelerate would step it once per process)
     scheduler = make_scheduler(raw_optimizer, cfg, total_steps)
-    loop = ck.LoopState()
+    loop = ck.LoopState((accelerator.num_processes, int(tr.batch_size_lm), accum, len(examples)))
     accelerator.register_for_checkpointing(scheduler, loop, *extra_state)
     return model, optimizer, loader, scheduler, loop, total_steps
 
@@ -93,7 +94,8 @@ def fit(cfg, accelerator, root, model, tokenizer, examples, micro_step, *, extra
     from tqdm.auto import tqdm
 
     exp, name, epochs = cfg.experiment, str(cfg.model.optimized_name), int(cfg.training.num_train_epochs)
-    model, optimizer, loader, scheduler, loop, total_steps = _prepare(cfg, accelerator, model, tokenizer, examples, extra_state)
+    model, optimizer, loader, scheduler, loop, total_steps = _prepare(
+        cfg, accelerator, model, tokenizer, examples, extra_state)
     metrics = _resume_or_start(cfg, accelerator, root, loop)
     accum, n_batches = accelerator.gradient_accumulation_steps, len(loader)
     clip = float(exp.max_grad_norm) if exp.gradient_clipping else math.inf
@@ -118,8 +120,11 @@ def fit(cfg, accelerator, root, model, tokenizer, examples, micro_step, *, extra
                 with accelerator.accumulate(model):
                     loss, parts = micro_step(model, batch, epoch)
                     stop_if_not_finite(accelerator, loss, loop.global_step + 1)
-                    accelerator.backward(loss * (accum / window))  # accelerate divides by accum; a short last window too
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip) if accelerator.sync_gradients else None
+                    # accelerate divides by accum: rescale so a short last window still averages its micro-batches
+                    accelerator.backward(loss * (accum / window))
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
                     optimizer.step()
                     optimizer.zero_grad()
                 stats.add({**parts, "tokens": (batch["prompt_len"].sum() + batch["response_len"].sum()).float()})
@@ -131,16 +136,17 @@ def fit(cfg, accelerator, root, model, tokenizer, examples, micro_step, *, extra
                 record = {"step": loop.global_step, "epoch": epoch + 1, **stats.reduce(accelerator), "lr": lr,
                           "grad_norm": None if grad_norm is None else float(grad_norm),
                           "seconds": round(time.time() - tick, 4)}
-                tick = time.time()
                 metrics.write(record)
                 accelerator.log(record, step=loop.global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch + 1)
                 if exp.save_every_steps and loop.global_step % int(exp.save_every_steps) == 0:
                     checkpoint()
+                tick = time.time()  # "seconds" is compute time: saving is not counted
             loop.epoch, loop.batches_done = epoch + 1, 0
             if on_epoch_end is not None and on_epoch_end(epoch, model):
                 checkpoint()  # a round boundary: a resume must see the refreshed reference
+                tick = time.time()
     ck.save_model(accelerator, model, tokenizer, cfg, root / "ckpt" / name)
     accelerator.print(f"saved {root / 'ckpt' / name}")
     accelerator.end_training()

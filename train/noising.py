@@ -90,7 +90,8 @@ def block_rank(key, valid, offset, block_size):
     k = to_blocks(key.double().masked_fill(~valid, inf), offset, block_size, inf)
     v = to_blocks(valid, offset, block_size, False)
     pos = torch.arange(block_size, device=key.device)
-    before = (k[..., None, :] < k[..., :, None]) | ((k[..., None, :] == k[..., :, None]) & (pos[None, :] < pos[:, None]))
+    other, this = k[..., None, :], k[..., :, None]
+    before = (other < this) | ((other == this) & (pos[None, :] < pos[:, None]))
     rank = (before & v[..., None, :]).sum(-1)  # [b, NB, B]: valid keys ranked ahead of slot i
     count = v.sum(-1, keepdim=True).expand_as(rank)
     return from_blocks(rank, offset, key.shape[1]), from_blocks(count, offset, key.shape[1])

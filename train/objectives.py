@@ -43,7 +43,7 @@ def t3d_micro_step(model, ref_model, batch, epoch, s):
     real, masked = batch["response_ids"], noise["masked"]
     with torch.no_grad():
         ref_logits = noisy_logits(ref_model, batch, noise["noisy"], s.block_size)
-        u = noising.uniform(s.seed, epoch, noising.FAKE_SAMPLE, batch["index"], real.shape[1]) if s.reference_temp else None
+        u = noising.uniform(s.seed, epoch, noising.FAKE_SAMPLE, batch["index"], real.shape[1])
         fake = losses.fake_tokens(ref_logits, s.reference_temp, u)
         ref_logp = torch.log_softmax(ref_logits.float(), -1)
         ref_real = losses.masked_mean(losses.token_logp(ref_logp, real), masked)

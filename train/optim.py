@@ -1,5 +1,8 @@
 """AdamW and the learning-rate schedule from the `optimizer` / `lr_scheduler` config sections."""
+import math
+
 from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
 
 from utils.config import ConfigError
 
@@ -21,18 +24,22 @@ def make_optimizer(model, cfg, lr):
                  weight_decay=float(p.weight_decay or 0.0))
 
 
-def make_scheduler(optimizer, cfg, total_steps):
-    """Linear warm-up, then cosine decay to min_lr_scale * lr at `total_steps` (or constant).
-    Stepped once per optimizer step by the loop (not by accelerate, which would step it once per process)."""
-    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+def lr_scale(step, warmup, total, schedule="cosine", min_scale=0.0):
+    """Multiplier of the base lr for optimizer step `step` (0-based): linear warm-up over `warmup` steps
+    (the first step already gets 1/warmup, never 0), then cosine from 1 down towards min_scale at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_scale + (1.0 - min_scale) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+
+def make_scheduler(optimizer, cfg, total_steps):
+    """LambdaLR over `lr_scale`; stepped once per optimizer step by the loop (not by accelerate, which
+    would step it once per process)."""
     name, p = str(cfg.lr_scheduler.scheduler), cfg.lr_scheduler.params
-    warmup = int(p.warmup_steps)
-    if name == "cosine":
-        return get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1),
-            min_lr_rate=float(p.min_lr_scale),
-        )
-    if name == "constant":
-        return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
-    raise ConfigError(f"lr_scheduler.scheduler '{name}' is not supported (one of {', '.join(SCHEDULERS)})")
+    if name not in SCHEDULERS:
+        raise ConfigError(f"lr_scheduler.scheduler '{name}' is not supported (one of {', '.join(SCHEDULERS)})")
+    warmup, min_scale = int(p.warmup_steps), float(p.min_lr_scale)
+    return LambdaLR(optimizer, lambda step: lr_scale(step, warmup, total_steps, name, min_scale))

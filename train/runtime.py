@@ -10,11 +10,14 @@ from pathlib import Path
 
 import torch
 
+import utils.cli  # noqa: F401,E402  (process defaults shared by every entry script: DS_ACCELERATOR, WANDB_MODE, ...)
 from utils.checkpoint import REPO_ROOT
 from utils.config import ConfigError, flatten
 from utils.io import DataError
+from utils.prompting import DATA_TYPES
 
 WANDB_MODES = ("disabled", "offline", "online")
+PRECISIONS = ("no", "bf16", "fp16")
 
 
 class TrainingError(RuntimeError):
@@ -25,6 +28,21 @@ def run_dir(cfg):
     """`{experiment.output_dir}/{experiment.project}`; a relative output_dir is taken from the repo root."""
     out = Path(str(cfg.experiment.output_dir)).expanduser()
     return (out if out.is_absolute() else REPO_ROOT / out) / str(cfg.experiment.project)
+
+
+def check_common(cfg):
+    """Checks shared by the trainers; one-line ConfigErrors naming the key."""
+    tr = cfg.training
+    for key in ("batch_size_lm", "gradient_accumulation_steps", "num_train_epochs", "block_size"):
+        if int(tr[key]) < 1:
+            raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
+    if str(tr.mixed_precision) not in PRECISIONS:
+        raise ConfigError(
+            f"training.mixed_precision must be one of {', '.join(PRECISIONS)}, got '{tr.mixed_precision}'")
+    if float(tr.max_grad_norm) != float(cfg.experiment.max_grad_norm):
+        raise ConfigError("training.max_grad_norm is an alias: set experiment.max_grad_norm instead")
+    if str(cfg.dataset.data_type) not in DATA_TYPES:
+        raise ConfigError(f"dataset.data_type must be one of {', '.join(DATA_TYPES)}, got '{cfg.dataset.data_type}'")
 
 
 def main_print(*args):
@@ -123,12 +141,16 @@ def start_tracker(accelerator, cfg, directory):
 
 
 def run_main(main, argv=None):
-    """Run a trainer's main(); expected failures end as one line on stderr (from rank 0) and exit code 1."""
+    """Run a trainer's main(argv) the way utils.cli runs the other stages: expected failures (config, data,
+    missing files, a non-finite loss) end as `<script>: error: <one line>` on stderr (rank 0) with exit
+    code 2; T3D_DEBUG=1 shows the traceback instead."""
     try:
         main(argv)
     except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
+        if os.environ.get("T3D_DEBUG"):
+            raise
         if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr)
+            print(f"{os.path.basename(sys.argv[0]) or 't3d'}: error: {err}", file=sys.stderr)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-        sys.exit(1)
+        sys.exit(2)

@@ -1,6 +1,7 @@
 """Stage 3: T3D training of an SDAR model on its own rollout trajectories (DDO + path loss).
 
-    accelerate launch --config_file accelerate_configs/<...>.yaml train/self_ddo_sdar_full.py config=configs/ddo_sdar_full_self.yaml
+    accelerate launch --config_file accelerate_configs/<...>.yaml train/self_ddo_sdar_full.py \
+        config=configs/ddo_sdar_full_self.yaml
     python train/self_ddo_sdar_full.py config=configs/ddo_sdar_full_self.yaml [key.sub=value ...]
 """
 import copy
@@ -15,26 +16,28 @@ import torch  # noqa: E402
 from train.data import load_examples, resolve_data_path  # noqa: E402
 from train.loop import fit  # noqa: E402
 from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
-from train.runtime import main_print, make_accelerator, run_dir, run_main, setup_process, start_tracker, zero_stage  # noqa: E402
+from train.runtime import (  # noqa: E402
+    check_common, main_print, make_accelerator, run_dir, run_main, setup_process, start_tracker, zero_stage,
+)
 from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
 from utils.config import ConfigError, load_config, save_config  # noqa: E402
 
 
 def check_config(cfg):
+    check_common(cfg)
     tr = cfg.training
     if tr.method != "semi-ar":
         raise ConfigError(f"training.method '{tr.method}' is not supported (only semi-ar)")
     if tr.mask_strategy not in ("trace", "random"):
         raise ConfigError(f"training.mask_strategy must be trace or random, got '{tr.mask_strategy}'")
     if not tr.mask_ratios or not all(0 < float(r) <= 1 for r in tr.mask_ratios):
-        raise ConfigError(f"training.mask_ratios must be a non-empty list of values in (0, 1], got {list(tr.mask_ratios)}")
-    for key in ("block_size", "path_k_steps", "round_interval", "batch_size_lm", "gradient_accumulation_steps"):
+        raise ConfigError(
+            f"training.mask_ratios must be a non-empty list of values in (0, 1], got {list(tr.mask_ratios)}")
+    for key in ("path_k_steps", "round_interval"):
         if int(tr[key]) < 1:
             raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
-    if float(tr.max_grad_norm) != float(cfg.experiment.max_grad_norm):
-        raise ConfigError("training.max_grad_norm is an alias: set experiment.max_grad_norm instead")
     if float(tr.target_temp) != 0.0:
-        print("note: training.target_temp has no effect (as in the original, the fake sample is the reference's)")
+        main_print("note: training.target_temp has no effect (as in the original, the fake sample is the reference's)")
 
 
 def frozen_copy(model, cfg):
@@ -102,7 +105,9 @@ def main(argv=None):
         alpha=float(tr.alpha), beta=float(tr.beta), reference_temp=float(tr.reference_temp),
         path_k_steps=int(tr.path_k_steps), lambda_path=float(tr.lambda_path),
     )
-    refresh = round_refresher(accelerator, ref, int(tr.round_interval), int(tr.num_train_epochs)) if tr.multi_round else None
+    refresh = None
+    if tr.multi_round:
+        refresh = round_refresher(accelerator, ref, int(tr.round_interval), int(tr.num_train_epochs))
     fit(cfg, accelerator, root, model, tokenizer, examples,
         lambda m, batch, epoch: t3d_micro_step(m, ref, batch, epoch, settings),
         extra_state=(ref,), on_epoch_end=refresh)

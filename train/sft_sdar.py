@@ -14,10 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train.data import load_examples, resolve_data_path  # noqa: E402
 from train.loop import fit  # noqa: E402
 from train.objectives import sft_micro_step  # noqa: E402
-from train.runtime import make_accelerator, run_dir, run_main, setup_process, start_tracker  # noqa: E402
+from train.runtime import check_common, make_accelerator, run_dir, run_main, setup_process, start_tracker  # noqa: E402
 from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
 from utils.config import ConfigError, load_config, save_config  # noqa: E402
-from utils.prompting import DATA_TYPES  # noqa: E402
 
 SOURCES = ("items", "rollouts")
 
@@ -38,12 +37,9 @@ def scratch_model(cfg, tokenizer):
 def main(argv=None):
     cfg = load_config(argv)
     tr, ds, root = cfg.training, cfg.dataset, run_dir(cfg)
+    check_common(cfg)
     if ds.source not in SOURCES:
         raise ConfigError(f"dataset.source must be one of {', '.join(SOURCES)}, got '{ds.source}'")
-    if ds.data_type not in DATA_TYPES:
-        raise ConfigError(f"dataset.data_type must be one of {', '.join(DATA_TYPES)}, got '{ds.data_type}'")
-    if float(tr.max_grad_norm) != float(cfg.experiment.max_grad_norm):
-        raise ConfigError("training.max_grad_norm is an alias: set experiment.max_grad_norm instead")
     setup_process(cfg)
     accelerator = make_accelerator(cfg, root)
     path = resolve_checkpoint(cfg.model.pretrained_model)
