@@ -2,7 +2,10 @@
 
 Layout of `{output_dir}/{project}/`:
     config.yaml                 resolved training config
-    metrics.jsonl               one line per optimizer step
+    metrics.jsonl               one line per optimizer step: step, epoch, loss, the trainer's parts (T3D:
+                                ddo_real, ddo_fake (before alpha), path, mask_ratio; SFT: masked_tokens), lr,
+                                grad_norm (before clipping), tokens (prompt + response tokens over all
+                                processes), seconds (compute time of the step, saving excluded)
     ckpt/{name}-step{N}/        weights (safetensors) + tokenizer + config.yaml, loadable by utils.checkpoint.load
     ckpt/{name}/                the final model
     state/step-{N}/             accelerator.save_state: model, optimizer, scheduler, RNG, loop position
