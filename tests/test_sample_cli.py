@@ -143,3 +143,21 @@ def test_seed_command_from_sample_dir(tmp_path):
     assert bad.stderr.strip().splitlines()[-1] == (
         "sdar_sample.py: error: unknown config key 'rollout.top_kk' (not in ../configs/sdar_sample.yaml); "
         "did you mean 'rollout.top_k'?")
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_rollout_equals_one_process(tmp_path):
+    data = write(tmp_path / "toy.json", QUESTIONS)
+    common = ["config=configs/sdar_sample.yaml", f"evaluation.eval_dataset={data}", "rollout.max_token=12",
+              "rollout.temperature=0.7", "rollout.num_response_per_task=2"]
+    outs = []
+    for name, launcher in (("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                                    "accelerate_configs/cpu_2_processes_ddp.yaml"])):
+        res = subprocess.run([*launcher, "sample/sdar_sample.py", *common, f"experiment.output_dir={tmp_path / name}"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        summary = json.loads(res.stdout.strip().splitlines()[-2])
+        assert summary["processes"] == (1 if name == "one" else 2)
+        outs.append(Path(res.stdout.strip().splitlines()[-1].removeprefix("wrote ")).read_text())
+    assert outs[0] == outs[1]

@@ -209,7 +209,8 @@ def summarize(results, stats):
         "mean_response_length": tokens / max(len(lengths), 1),
         "mean_nfe": sum(nfes) / max(len(nfes), 1),
         "tokens_per_forward": tokens / max(sum(nfes), 1),
-        "batch_forwards": stats["batch_forwards"],
+        "batch_forwards": stats["batch_forwards"],  # of the main process
+        "processes": stats["processes"],
         "seconds": stats["seconds"],
         "tokens_per_second": tokens / max(stats["seconds"], 1e-9),
     }
@@ -244,7 +245,8 @@ def setup(cfg):
                           "scale out with `accelerate launch` (one process per GPU)")
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True: without it a CPU `accelerate launch` rank can come up alone instead of joining gloo
+    state = PartialState(cpu=not torch.cuda.is_available())
     dtype = str(cfg.rollout.dtype)
     if dtype == "auto":
         dtype = "bf16" if state.device.type == "cuda" else "fp32"
