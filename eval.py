@@ -1,0 +1,22 @@
+"""Few-step evaluation of block-diffusion checkpoints: accuracy beside decoding cost, sweeps and a plot.
+
+    python eval.py config=configs/eval.yaml evaluation.checkpoint_path=<dir or hub id> \
+        evaluation.eval_dataset=MATH500 evaluation.data_type=math \
+        rollout.block_size=4 rollout.denoising_steps_per_block=1 rollout.temperature=0.1
+    python eval.py config=configs/eval.yaml 'sweep.denoising_steps=[4,2,1]' \
+        'sweep.checkpoints=[base=models/sdar-tiny,t3d=experiments/ddo_sdar_full_self/ckpt/optimized]'
+    accelerate launch eval.py config=configs/eval.yaml ...      # decoding split across processes
+
+Writes <output_dir>/<project>/results/<checkpoint>-<dataset>[/<setting>]/{metrics.json,metrics.md,items.jsonl,
+config.yaml} and, for several evaluations, results/sweep-<dataset>/{sweep.md,sweep.json,sweep.png}.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from utils.cli import run_main  # noqa: E402
+from utils.evaluation import run_eval_job  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(run_eval_job)

@@ -1,0 +1,224 @@
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+import utils.evaluation as evaluation
+import utils.rollout as rollout_mod
+from utils.checkpoint import REPO_ROOT
+from utils.config import ConfigError, load_config
+from utils.decoding import DecodeOutput
+from utils.io import DataError
+from utils.evaluation import checkpoint_list, run_eval_job, sweep_settings
+
+MATH = [{"id": f"q{a}", "question": f"What is {a}+{a}?", "ground_truth_answer": str(2 * a)} for a in (1, 2, 3)]
+
+
+def eval_cfg(tmp_path, ckpt, data, *overrides):
+    return load_config([
+        f"config={REPO_ROOT}/configs/eval.yaml", f"evaluation.checkpoint_path={ckpt}",
+        f"evaluation.eval_dataset={data}", f"experiment.output_dir={tmp_path}/out", "rollout.max_token=8",
+        *overrides,
+    ])
+
+
+def write(path, items):
+    path.write_text(json.dumps(items))
+    return path
+
+
+def fake_decoder(tokenizer, answers, nfes):
+    """A stand-in for the decoder: the n-th decode of a question's prompt returns answers[question][n]
+    (replicas of one item are decoded in replica order) with NFE nfes[question][n]."""
+    seen = Counter()
+
+    def generate(model, prompts, cfg, *, mask_id, pad_id, stop_ids=(), seeds=None, **kw):
+        out = DecodeOutput(batch_forwards=7)
+        for ids in prompts:
+            text = tokenizer.decode(ids)
+            question = next(q for q in answers if q in text)
+            r = seen[question]
+            seen[question] += 1
+            out.token_ids.append(tokenizer(answers[question][r], add_special_tokens=False)["input_ids"]
+                                 + [tokenizer.eos_token_id])
+            out.step_maps.append(list(range(1, len(out.token_ids[-1]) + 1)))
+            out.nfe.append(nfes[question][r])
+            out.finished.append(True)
+        return out
+
+    return generate
+
+
+def count_setups(monkeypatch):
+    calls = []
+    real = evaluation.setup
+
+    def counting(cfg):
+        calls.append(str(cfg.evaluation.checkpoint_path))
+        return real(cfg)
+
+    monkeypatch.setattr(evaluation, "setup", counting)
+    return calls
+
+
+def test_metrics_of_a_fixed_run_equal_hand_computed_values(tmp_path, tiny_dir, tiny, monkeypatch):
+    _, tokenizer = tiny
+    answers = {  # gold: 2, 4, 6
+        "What is 1+1?": ["so \\boxed{2}", "so \\boxed{3}"],   # 1 of 2 correct
+        "What is 2+2?": ["\\boxed{4}", "it is \\boxed{4.0}"],  # 2 of 2
+        "What is 3+3?": ["no idea", "\\boxed{5}"],            # 0 of 2, one without an answer
+    }
+    nfes = {"What is 1+1?": [3, 5], "What is 2+2?": [2, 2], "What is 3+3?": [4, 4]}
+    monkeypatch.setattr(rollout_mod, "generate", fake_decoder(tokenizer, answers, nfes))
+    setups = count_setups(monkeypatch)
+    data = write(tmp_path / "toy.json", MATH)
+    rows = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.num_response_per_task=2"))
+    assert len(rows) == 1 and len(setups) == 1
+    m = rows[0]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for q in answers for t in answers[q]]
+    assert m["items"] == 3 and m["responses"] == 6 and m["failed_items"] == 0
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["pass@1"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert m["pass@2"] == pytest.approx((1 + 1 + 0) / 3)
+    assert m["answer_rate"] == pytest.approx(5 / 6) and m["finished_rate"] == 1.0
+    assert m["mean_nfe"] == pytest.approx(20 / 6)
+    assert m["mean_response_length"] == pytest.approx(sum(lengths) / 6)
+    assert m["tokens_per_forward"] == pytest.approx(sum(lengths) / 20)
+    assert m["tokens_per_second"] == pytest.approx(sum(lengths) / m["decode_seconds"])
+    assert m["setting"] == "S=1" and m["block_size"] == 4 and m["batch_forwards"] == 7
+
+    run_dir = tmp_path / "out/eval/results" / f"{tiny_dir.name}-toy"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "items.jsonl", "metrics.json", "metrics.md"]
+    assert json.loads((run_dir / "metrics.json").read_text()) == m
+    assert "| accuracy | 0.5000 |" in (run_dir / "metrics.md").read_text()
+    records = [json.loads(line) for line in (run_dir / "items.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["replica"], r["correct"]) for r in records] == [
+        (0, 0, True), (0, 1, False), (1, 0, True), (1, 1, True), (2, 0, False), (2, 1, False)]
+    assert [r["extracted"] for r in records][-2:] == ["Can not extract the answer!", "5"]
+    assert records[0]["gold"] == "2" and records[0]["id"] == "q1" and records[0]["nfe"] == 3
+    assert records[0]["output"] == "so \\boxed{2}<|im_end|>" and records[0]["length"] == lengths[0]
+    assert records[0]["prompt"].endswith("<|im_start|>assistant\n") and len(records[0]["step_map"]) == lengths[0]
+    assert not list(run_dir.glob("*.partial*"))
+
+
+def test_sweep_over_checkpoints_and_settings_writes_table_and_plot(tmp_path, tiny_dir, monkeypatch):
+    setups = count_setups(monkeypatch)
+    data = write(tmp_path / "toy.json", MATH[:2])
+    cfg = eval_cfg(tmp_path, tiny_dir, data, f"sweep.checkpoints=[base={tiny_dir},t3d={tiny_dir}]",
+                   "sweep.denoising_steps=[4,2,1]", "sweep.dynamic_thresholds=[0.5]", "rollout.temperature=0.0")
+    rows = run_eval_job(cfg)
+    assert len(setups) == 2  # each checkpoint loaded once for its four settings
+    assert [(r["checkpoint"], r["setting"]) for r in rows] == [
+        (c, s) for c in ("base", "t3d") for s in ("S=4", "S=2", "S=1", "τ=0.5")]
+    by = {(r["checkpoint"], r["setting"]): r for r in rows}
+    # fewer steps per block: fewer forwards per decoded token
+    tpf = [by["base", s]["tokens_per_forward"] for s in ("S=4", "S=2", "S=1")]
+    assert tpf[0] < tpf[1] < tpf[2]
+    for s in ("S=4", "S=2", "S=1", "τ=0.5"):  # same weights, same seed: identical results
+        assert {k: v for k, v in by["base", s].items() if "second" not in k and k != "checkpoint"} == \
+               {k: v for k, v in by["t3d", s].items() if "second" not in k and k != "checkpoint"}
+    results = tmp_path / "out/eval/results"
+    assert (results / "base-toy/S4/metrics.json").is_file() and (results / "t3d-toy/tau0.5/items.jsonl").is_file()
+    sweep = results / "sweep-toy"
+    table = (sweep / "sweep.md").read_text().splitlines()
+    assert table[0] == "# toy: block size 4" and table[2].startswith("| checkpoint | setting | accuracy |")
+    assert len([line for line in table if line.startswith("| base") or line.startswith("| t3d")]) == 8
+    assert json.loads((sweep / "sweep.json").read_text()) == rows
+    png = (sweep / "sweep.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert (sweep / "config.yaml").is_file()
+
+
+def test_crashing_code_samples_do_not_stop_the_others(tmp_path, tiny_dir, tiny, monkeypatch):
+    _, tokenizer = tiny
+    fence = "```python\n{}\n```"
+    answers = {"Write add(a, b).": [fence.format("def add(a, b):\n    return a + b"),
+                                    fence.format("import os\nos._exit(0)"),
+                                    fence.format("import sys\nsys.exit(0)"),
+                                    fence.format("def add(a, b):\n    raise RuntimeError('boom')")],
+               "Write sub(a, b).": ["no code at all"] * 2 + [fence.format("def sub(a, b):\n    return a - b")] * 2}
+    nfes = {q: [1, 1, 1, 1] for q in answers}
+    monkeypatch.setattr(rollout_mod, "generate", fake_decoder(tokenizer, answers, nfes))
+    data = write(tmp_path / "code.json", [
+        {"question": "Write add(a, b).", "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]},
+        {"question": "Write sub(a, b).", "test_list": ["assert sub(3, 1) == 2"]},
+    ])
+    rows = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "evaluation.data_type=code",
+                                 "rollout.num_response_per_task=4", "execute.num_chunk=2"))
+    m = rows[0]
+    assert m["accuracy"] == pytest.approx(3 / 8) and m["answer_rate"] == pytest.approx(6 / 8)
+    assert m["pass@1"] == pytest.approx((1 / 4 + 2 / 4) / 2) and m["pass@4"] == 1.0
+    records = (tmp_path / "out/eval/results" / f"{tiny_dir.name}-code/items.jsonl").read_text().splitlines()
+    assert [json.loads(r)["correct"] for r in records] == [True, False, False, False, False, False, True, True]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluation.eval_dataset=NoSuchSet", "dataset 'NoSuchSet': no file"),
+    ("evaluation.eval_dataset=/nonexistent/x.json", "x.json: file not found"),
+    ("evaluation.data_type=poetry", "unknown data_type 'poetry'"),
+])
+def test_bad_dataset_and_data_type_are_one_line_errors(tmp_path, tiny_dir, override, message):
+    data = write(tmp_path / "toy.json", MATH)
+    with pytest.raises(DataError, match=message) as err:
+        run_eval_job(eval_cfg(tmp_path, tiny_dir, data, override))
+    assert "\n" not in str(err.value)
+
+
+def test_items_without_answers_or_tests_are_named(tmp_path, tiny_dir):
+    data = write(tmp_path / "toy.json", [MATH[0], {"id": "x7", "question": "What is 5+5?"}])
+    with pytest.raises(DataError, match=r"toy.json: item 1 \(id x7\): no 'ground_truth_answer'"):
+        run_eval_job(eval_cfg(tmp_path, tiny_dir, data))
+    code = write(tmp_path / "code.json", [{"question": "Write f."}])
+    with pytest.raises(DataError, match=r"code.json: item 0: function code item needs a non-empty 'test_list'"):
+        run_eval_job(eval_cfg(tmp_path, tiny_dir, code, "evaluation.data_type=code"))
+
+
+def test_cli_exits_2_with_one_line_before_loading_any_model(tmp_path):
+    data = write(tmp_path / "toy.json", [{"question": "What is 5+5?"}])
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), f"config={REPO_ROOT}/configs/eval.yaml",
+                           f"evaluation.eval_dataset={data}", "evaluation.checkpoint_path=/no/such/model"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"eval.py: error: {data}: item 0: no 'ground_truth_answer' to grade "
+                                                "against (data_type=math)"]
+
+
+def test_checkpoint_and_setting_lists(tmp_path):
+    def cfg(*overrides):
+        return load_config([f"config={REPO_ROOT}/configs/eval.yaml", *overrides])
+
+    assert checkpoint_list(cfg()) == [("sdar-tiny", "models/sdar-tiny")]
+    assert checkpoint_list(cfg("evaluation.checkpoint_path=JetLM/SDAR-4B-Chat")) == [("SDAR-4B-Chat", "JetLM/SDAR-4B-Chat")]
+    assert checkpoint_list(cfg("sweep.checkpoints=[models/sdar-tiny,t3d=exp/ckpt/optimized]")) == [
+        ("sdar-tiny", "models/sdar-tiny"), ("t3d", "exp/ckpt/optimized")]
+    yaml = tmp_path / "e.yaml"
+    yaml.write_text((REPO_ROOT / "configs/eval.yaml").read_text().replace(
+        "checkpoints: null", "checkpoints: {base: models/sdar-tiny, t3d: exp/optimized}"))
+    assert checkpoint_list(load_config([f"config={yaml}"])) == [("base", "models/sdar-tiny"), ("t3d", "exp/optimized")]
+    with pytest.raises(ConfigError, match="several checkpoints are named 'optimized'"):
+        checkpoint_list(cfg("sweep.checkpoints=[a/optimized,b/optimized]"))
+
+    labels = [s.label for s in sweep_settings(cfg("sweep.denoising_steps=[4,2,1,2]", "sweep.dynamic_thresholds=[0.9]"))]
+    assert labels == ["S=4", "S=2", "S=1", "τ=0.9"]
+    assert [(s.steps, s.strategy) for s in sweep_settings(cfg("sweep.dynamic_thresholds=[0.8]"))] == [
+        (1, "low_confidence_static"), (4, "low_confidence_dynamic")]
+    with pytest.raises(ConfigError, match="sweep.denoising_steps must be a non-empty list"):
+        sweep_settings(cfg("sweep.denoising_steps=[a]"))
+    with pytest.raises(ConfigError, match="model_base 'llada' is not supported"):
+        run_eval_job(cfg("model_base=llada"))
+
+
+def test_an_undecodable_item_counts_wrong_and_the_others_are_graded(tmp_path, tiny_dir, tiny, monkeypatch, capsys):
+    _, tokenizer = tiny
+    long_q = "What is 9+9? " + "Think hard. " * 40
+    answers = {"What is 1+1?": ["\\boxed{2}"], "What is 2+2?": ["\\boxed{4}"]}
+    monkeypatch.setattr(rollout_mod, "generate", fake_decoder(tokenizer, answers, {q: [2] for q in answers}))
+    data = write(tmp_path / "toy.json", MATH[:2] + [{"question": long_q, "ground_truth_answer": "18"}])
+    # context 1024: the short prompts fit with 950 new tokens, the long one does not
+    m = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.max_token=950"))[0]
+    assert (m["items"], m["failed_items"], m["accuracy"], m["answer_rate"]) == (3, 1, 2 / 3, 2 / 3)
+    assert "item 2: prompt of" in capsys.readouterr().err
+    records = (tmp_path / "out/eval/results" / f"{tiny_dir.name}-toy/items.jsonl").read_text().splitlines()
+    assert json.loads(records[2])["error"].startswith("item 2: prompt of") and not json.loads(records[2])["correct"]
