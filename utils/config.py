@@ -60,6 +60,9 @@ def load_config(argv=None):
     for key, value in _flat_keys(OmegaConf.to_container(cli, resolve=False)).items():
         if key == "config" or isinstance(value, dict):
             continue
+        parents = [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)]
+        if key not in schema and any(schema.get(p, "") is None for p in parents):
+            continue  # a null default accepts any value, mappings included
         if key not in schema:
             near = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.5)
             hint = f"; did you mean '{near[0]}'?" if near else ""
