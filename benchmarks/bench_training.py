@@ -1,0 +1,216 @@
+"""Training-step cost: the toolkit's T3D step against a reference-style step, same model, batch, lengths.
+
+    python benchmarks/bench_training.py [--repeats 7] [--threads 1] [--profile] [--quick]
+
+toolkit:   `train.objectives.t3d_micro_step` = one reference forward (no grad) + one target forward;
+           DDO real and fake terms and the path loss all read the one set of target logits.
+reference: what the original does per micro-batch: the reference model twice (no grad) and the target
+           twice (with gradients) on identical inputs -- once for the real tokens, once for the fake ones.
+Both then run backward, gradient clipping and an AdamW step. Both compute the same loss (checked).
+
+Time: median seconds per optimizer step (one micro-batch), the two variants interleaved in one process,
+each with its own target copy and optimizer. Memory: see `common.MEMORY_METHOD` (one fresh subprocess
+per variant). A phase profile (torch.profiler) is always recorded; op-level hot spots are added when
+the time ratio misses the goal or with --profile.
+"""
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks import common as C  # noqa: E402
+from train import losses, noising  # noqa: E402
+from train.data import Collate  # noqa: E402
+from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
+from utils.masks import training_layout  # noqa: E402
+
+GOAL = 0.55
+VARIANTS = ("toolkit", "reference")
+
+
+def reference_style_micro_step(model, ref_model, batch, epoch, s):
+    """The original's cost structure on the toolkit's pieces: the layout is built once, then the reference
+    runs twice without gradients and the target twice with gradients on the identical noisy input."""
+    noise = noising.t3d_noise(batch, epoch, s.seed, s.block_size, s.mask_id, s.mask_strategy, s.mask_ratios,
+                              s.mask_ratio_exponent, s.random_ratio, s.vocab_ids)
+    real, masked = batch["response_ids"], noise["masked"]
+    lay = training_layout(batch["prompt_ids"], batch["prompt_len"], batch["response_ids"], batch["response_len"],
+                          noise["noisy"], s.block_size)
+
+    def logits(m):
+        return m(input_ids=lay["input_ids"], attention_mask=lay["attention_mask"], position_ids=lay["position_ids"],
+                 logits_to_keep=lay["noisy_slice"]).logits
+
+    with torch.no_grad():
+        ref_logp = torch.log_softmax(logits(ref_model).float(), -1)  # pass 1: fake tokens + ref log p(real)
+        u = noising.uniform(s.seed, epoch, noising.FAKE_SAMPLE, batch["index"], real.shape[1]) if s.reference_temp else None
+        fake = losses.fake_tokens(ref_logp, s.reference_temp, u)
+        ref_real = losses.masked_mean(losses.token_logp(ref_logp, real), masked)
+        del ref_logp
+        ref_logp = torch.log_softmax(logits(ref_model).float(), -1)  # pass 2: ref log p(fake)
+        ref_fake = losses.masked_mean(losses.token_logp(ref_logp, fake), masked)
+        del ref_logp
+    tok_real = losses.token_logp(torch.log_softmax(logits(model).float(), -1), real)  # target pass 1 (grad)
+    tok_fake = losses.token_logp(torch.log_softmax(logits(model).float(), -1), fake)  # target pass 2 (grad)
+    ddo, _, _ = losses.ddo_loss(losses.masked_mean(tok_real, masked), ref_real, losses.masked_mean(tok_fake, masked),
+                                ref_fake, s.alpha, s.beta)
+    real_pos = torch.arange(real.shape[1], device=real.device)[None] < batch["real_len"][:, None]
+    path = losses.path_loss(-tok_real, noise["rank"], real_pos, s.path_k_steps, s.block_size)
+    return ddo + s.lambda_path * path
+
+
+MICRO_STEPS = {
+    "toolkit": lambda m, ref, batch, s: t3d_micro_step(m, ref, batch, 0, s)[0],
+    "reference": lambda m, ref, batch, s: reference_style_micro_step(m, ref, batch, 0, s),
+}
+
+
+def setup(args):
+    """Target, frozen reference, a padded batch and the T3D settings; all a pure function of the seeds."""
+    tok = C.tiny_tokenizer()
+    vocab = C.plain_vocab(tok)
+    target = C.random_sdar(tok, seed=0, **args.shape).train()
+    ref = copy.deepcopy(target).requires_grad_(False).eval()
+    examples = C.synthetic_examples(args.batch, vocab, tok.eos_token_id, tok.pad_token_id, seed=1,
+                                    prompt_range=(40, args.max_prompt), response_median=args.response_median,
+                                    max_response=args.max_response)
+    batch = Collate(tok.pad_token_id)(examples)
+    settings = T3DSettings(seed=10086, block_size=4, mask_id=tok.mask_token_id, vocab_ids=vocab, path_k_steps=2)
+    return target, ref, batch, settings
+
+
+def make_step(name, target, ref, batch, settings):
+    opt = torch.optim.AdamW(target.parameters(), lr=1e-5, weight_decay=0.01)
+    micro = MICRO_STEPS[name]
+
+    def step():
+        with torch.profiler.record_function("forwards+loss"):
+            loss = micro(target, ref, batch, settings)
+        with torch.profiler.record_function("backward"):
+            loss.backward()
+        with torch.profiler.record_function("clip+optimizer"):
+            torch.nn.utils.clip_grad_norm_(target.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def child(args):
+    """One variant in a fresh process: warm-up step (AdamW state exists after it), then the peak of one step."""
+    target, ref, batch, settings = setup(args)
+    step = make_step(args.child, target, ref, batch, settings)
+    step()
+    C.reset_peak_rss()
+    before = C.current_rss_mib()
+    step()
+    peak = C.maxrss_mib()
+    print(C.json.dumps({"variant": args.child, "rss_before_mib": before, "peak_rss_mib": peak,
+                        "step_peak_extra_mib": peak - before}))
+
+
+def phase_profile(steps, rounds=2, top_ops=0):
+    """Per variant: seconds per step in each phase (record_function) and optionally the top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for name, step in steps.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(rounds):
+                step()
+        events = prof.key_averages()
+        phases = {e.key: e.cpu_time_total / 1e6 / rounds for e in events
+                  if e.key in ("forwards+loss", "backward", "clip+optimizer")}
+        entry = {"phases_s": phases}
+        if top_ops:
+            ops = sorted((e for e in events if e.key not in phases), key=lambda e: -e.self_cpu_time_total)[:top_ops]
+            entry["top_ops"] = [{"op": e.key, "self_s_per_step": e.self_cpu_time_total / 1e6 / rounds,
+                                 "calls_per_step": e.count / rounds} for e in ops]
+        out[name] = entry
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-prompt", type=int, default=120)
+    p.add_argument("--max-response", type=int, default=256)
+    p.add_argument("--response-median", type=int, default=200)
+    p.add_argument("--memory-runs", type=int, default=2, help="fresh subprocesses per variant for peak memory")
+    p.add_argument("--profile", action="store_true", help="always list the top ops")
+    p.add_argument("--quick", action="store_true", help="smoke run: batch 2, short sequences, nothing written")
+    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    C.add_common_args(p, repeats=7)
+    args = p.parse_args(argv)
+    args.shape = {}
+    if args.quick:
+        args.batch, args.max_prompt, args.max_response, args.response_median = 2, 48, 32, 24
+        args.repeats, args.memory_runs = 2, 1
+    info = C.start(args)
+    if args.child:
+        return child(args)
+
+    target, ref, batch, settings = setup(args)
+    targets = {n: copy.deepcopy(target) for n in VARIANTS}
+    # same weights, same batch: the two objectives must agree before any step moves the copies apart
+    losses_at_start = {n: MICRO_STEPS[n](targets[n], ref, batch, settings).item() for n in VARIANTS}
+    assert abs(losses_at_start["toolkit"] - losses_at_start["reference"]) < 1e-4 * max(1.0, abs(losses_at_start["toolkit"])), losses_at_start
+    steps = {n: make_step(n, targets[n], ref, batch, settings) for n in VARIANTS}
+    times, walls, _ = C.interleaved(steps, args.repeats, warmup=1, clock=args.clock)
+    med = {n: C.median(times[n]) for n in VARIANTS}
+    ratio = med["toolkit"] / med["reference"]
+    profile = phase_profile(steps, top_ops=15 if (args.profile or ratio > GOAL) else 0)
+
+    memory = {n: [] for n in VARIANTS}
+    for _ in range(args.memory_runs):  # alternate, a fresh process each
+        for n in VARIANTS:
+            child_args = ["--child", n, "--threads", args.threads, "--batch", args.batch, "--max-prompt", args.max_prompt,
+                          "--max-response", args.max_response, "--response-median", args.response_median]
+            memory[n].append(C.run_child(Path(__file__), child_args))
+    peak = {n: C.median([m["step_peak_extra_mib"] for m in memory[n]]) for n in VARIANTS}
+
+    n_tokens = int(batch["prompt_len"].sum() + batch["response_len"].sum())
+    layout_cols = batch["prompt_ids"].shape[1] + 2 * batch["response_ids"].shape[1] + 3
+    rows = [[n, med[n], min(times[n]), C.median(walls[n]), peak[n]] for n in VARIANTS]
+    rows.append(["toolkit / reference", ratio, min(times["toolkit"]) / min(times["reference"]),
+                 C.median(walls["toolkit"]) / C.median(walls["reference"]), peak["toolkit"] / peak["reference"]])
+    headers = ["step", f"s/step ({args.clock}, median)", "s/step (min)", "wall s/step (median)", "peak extra MiB"]
+    phases = ("forwards+loss", "backward", "clip+optimizer")
+    ph = {n: profile[n]["phases_s"] for n in VARIANTS}
+    phase_rows = [[k, ph["toolkit"].get(k, 0.0), ph["reference"].get(k, 0.0),
+                   ph["toolkit"].get(k, 0.0) / max(ph["reference"].get(k, 0.0), 1e-12)] for k in phases]
+    phase_rows.append(["total", sum(ph["toolkit"].values()), sum(ph["reference"].values()),
+                       sum(ph["toolkit"].values()) / max(sum(ph["reference"].values()), 1e-12)])
+    shape = C.model_shape(target)
+    notes = [
+        f"Random SDAR of the embedded default's shape ({shape['layers']} layers, hidden {shape['hidden_size']}, "
+        f"vocab {shape['vocab']}, {shape['params_M']}M params, fp32); micro-batch {args.batch} "
+        f"({n_tokens} prompt+response tokens, layout {layout_cols} columns), B=4, trace masks; "
+        f"median of {args.repeats} interleaved steps, {args.clock} time.",
+        f"Time ratio toolkit/reference = {ratio:.3f} (goal <= {GOAL}: {'met' if ratio <= GOAL else 'MISSED'}).",
+        f"Loss check at identical weights: toolkit {losses_at_start['toolkit']:.6f}, reference-style "
+        f"{losses_at_start['reference']:.6f}.",
+        "Memory: " + C.MEMORY_METHOD,
+    ]
+    tables = [("", C.markdown_table(headers, rows)),
+              ("Where the time goes (torch.profiler, CPU s per step, profiler overhead included):",
+               C.markdown_table(["phase", "toolkit", "reference", "toolkit / reference"], phase_rows))]
+    hot = {n: profile[n].get("top_ops") for n in VARIANTS if profile[n].get("top_ops")}
+    for n, ops in hot.items():
+        tables.append((f"Top ops by self CPU time, {n} step:", C.markdown_table(
+            ["op", "self s/step", "calls/step"], [[o["op"], o["self_s_per_step"], o["calls_per_step"]] for o in ops[:10]])))
+    payload = {"model": shape, "batch_size": args.batch, "tokens": n_tokens, "layout_columns": layout_cols,
+               "repeats": args.repeats, "seconds": times, "wall_seconds": walls, "median_s": med, "ratio": ratio, "goal": GOAL,
+               "goal_met": ratio <= GOAL, "loss_at_start": losses_at_start, "memory_runs": memory,
+               "peak_extra_mib": peak, "memory_method": C.MEMORY_METHOD, "profile": profile}
+    C.report("training", "Training step: toolkit T3D vs reference-style", info, tables, notes, payload, args.out,
+             write=not args.quick)
+
+
+if __name__ == "__main__":
+    main()
