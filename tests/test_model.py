@@ -197,3 +197,21 @@ def test_flex_attention_matches_sdpa_forward():
     except Exception as err:  # pragma: no cover - depends on the torch build
         pytest.skip(f"flex attention unavailable on this build: {err}")
     torch.testing.assert_close(flex, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_mask_equals_the_rule_written_out():
+    from utils.masks import _block_attention_mask_reference
+
+    g = torch.Generator().manual_seed(0)
+    for Q, K in ((12, 12), (4, 20), (8, 24)):
+        pos_k = torch.randint(0, 9, (3, K), generator=g)
+        flags_k = torch.rand(3, K, generator=g) < 0.5
+        valid_k = torch.rand(3, K, generator=g) < 0.8
+        if Q == K:
+            pos_q, flags_q, valid_q = pos_k, flags_k, valid_k
+        else:
+            pos_q = torch.randint(0, 9, (3, Q), generator=g)
+            flags_q, valid_q = torch.rand(3, Q, generator=g) < 0.5, torch.rand(3, Q, generator=g) < 0.8
+        for B in (1, 2, 4):
+            args = (pos_q, flags_q, valid_q, pos_k, flags_k, valid_k, B)
+            assert torch.equal(block_attention_mask(*args), _block_attention_mask_reference(*args))

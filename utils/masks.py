@@ -16,9 +16,27 @@ import torch
 def block_attention_mask(q_pos, q_noisy, q_valid, k_pos, k_noisy, k_valid, block_size):
     """Bool mask [b, 1, Q, K], True = may attend. Inputs are [b, Q] / [b, K] tensors.
 
-    Invalid (padding) queries attend only to themselves when Q == K, so no row is empty (SDPA would
-    return NaN for a row with no visible key); their outputs are never used.
+    Invalid (padding) queries attend only to themselves when Q == K (the same columns), so no row is
+    empty (SDPA would return NaN for a row with no visible key); their outputs are never used.
+    Built with two [b, Q, K] comparisons: each key gets a code, each query a limit, per rule above.
     """
+    big = torch.iinfo(torch.int32).max
+    qb, kb = (q_pos // block_size).int(), (k_pos // block_size).int()
+    # clean keys: visible when their block < the query's limit (b for noisy queries, b + 1 for clean ones)
+    k_clean = torch.where(k_valid & ~k_noisy, kb, big)
+    q_limit = torch.where(q_valid, qb + (~q_noisy).int(), -big)
+    # noisy keys: visible to noisy queries of the same block (codes never match otherwise)
+    k_code = torch.where(k_valid & k_noisy, kb, -2)
+    q_code = torch.where(q_valid & q_noisy, qb, -3)
+    if q_pos.shape[1] == k_pos.shape[1]:  # a padding column matches only its own key
+        ids = -10 - torch.arange(k_pos.shape[1], dtype=torch.int32, device=k_pos.device)
+        k_code = torch.where(k_valid, k_code, ids)
+        q_code = torch.where(q_valid, q_code, ids)
+    return ((k_clean[:, None, :] < q_limit[:, :, None]) | (k_code[:, None, :] == q_code[:, :, None]))[:, None]
+
+
+def _block_attention_mask_reference(q_pos, q_noisy, q_valid, k_pos, k_noisy, k_valid, block_size):
+    """The rule written out directly (for tests): same result as block_attention_mask."""
     qb = (q_pos // block_size)[:, :, None]
     kb = (k_pos // block_size)[:, None, :]
     qn, kn = q_noisy[:, :, None], k_noisy[:, None, :]
