@@ -396,7 +396,7 @@ def run_eval_job(cfg):
     """eval.py: every (checkpoint x setting) of the config. Returns the metrics rows (None off-main)."""
     _check_config(cfg)
     data_type = str(cfg.evaluation.data_type)
-    data_file, items = load_items(cfg.evaluation.eval_dataset)
+    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items)
     validate_items(items, data_type, data_file)
     checkpoints, settings = checkpoint_list(cfg), sweep_settings(cfg)
     runs = {s: _with(cfg, **{"rollout.denoising_steps_per_block": s.steps, "rollout.remasking_strategy": s.strategy,

@@ -32,12 +32,13 @@ def dataset_path(name_or_path):
                     f"(run `python data/download_data.py --dataset {raw}` or pass a path)")
 
 
-def load_items(name_or_path):
+def load_items(name_or_path, max_items=None):
+    """(path, items); `max_items` keeps the first N (a quick look at a big set)."""
     path = dataset_path(name_or_path)
     items = read_records(path)
     if not items:
         raise DataError(f"{path}: dataset is empty")
-    return path, items
+    return path, items[: int(max_items)] if max_items else items
 
 
 def item_error(item, data_type):
@@ -272,7 +273,7 @@ def run_rollout_job(cfg):
     from .config import save_config
     from .io import atomic_write_json
 
-    data_file, items = load_items(cfg.evaluation.eval_dataset)
+    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items)
     offset, items = shard(items, int(cfg.evaluation.num_node), int(cfg.evaluation.node_index))
     state, model, tokenizer, ckpt, stop_ids = setup(cfg)
     out_path = output_path(cfg)
