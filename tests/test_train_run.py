@@ -50,15 +50,19 @@ def free_port():
 
 
 def launch(script, args, accelerate=None, tmp_path=None, timeout=300):
-    head = [sys.executable]
-    if accelerate:
-        head += ["-m", "accelerate.commands.launch", "--config_file", accel_config(accelerate, tmp_path),
-                 "--main_process_port", str(free_port())]
-    cmd = head + [f"train/{script}", *args]
-    out = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
-    errors = [ln for ln in out.stderr.splitlines() if "Error" in ln or "error:" in ln]
-    assert out.returncode == 0, "\n".join(errors[-20:]) or out.stderr[-3000:]
-    return out
+    # A multi-process launch gets one retry with a fresh port: on a loaded 2-core machine the
+    # rendezvous can fail before training starts. Any real failure fails twice and is shown in full.
+    for attempt in range(2 if accelerate else 1):
+        head = [sys.executable]
+        if accelerate:
+            head += ["-m", "accelerate.commands.launch", "--config_file", accel_config(accelerate, tmp_path),
+                     "--main_process_port", str(free_port())]
+        cmd = head + [f"train/{script}", *args]
+        out = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+        if out.returncode == 0:
+            return out
+        print(f"attempt {attempt + 1} failed:\n{out.stderr[-4000:]}", file=sys.stderr)
+    raise AssertionError(out.stderr[-4000:])
 
 
 def t3d_args(data, out, *extra, model=None):
