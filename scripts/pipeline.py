@@ -1,0 +1,148 @@
+"""The T3D pipeline as subprocess calls of the documented command-line tools.
+
+Shared by `scripts/quickstart.py`, `scripts/run_experiment.py` and the end-to-end test: every stage is the
+command a user would type (`sample/sdar_sample.py` from `sample/`, `data/rename_key.py`,
+`train/self_ddo_sdar_full.py`, `train/sft_sdar.py`, `eval.py`), so these scripts exercise the real CLIs.
+Each command's output goes to a log file; a failing stage stops the run with the log's tail.
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PY = sys.executable
+ENV = {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class StageError(RuntimeError):
+    """A stage's command failed; the message names the command and ends with its log's tail."""
+
+
+def shell_line(cmd, cwd=ROOT):
+    """The command as one copy-pasteable shell line (with `cd` when it runs outside the repo root)."""
+    line = shlex.join(str(c) for c in cmd)
+    if Path(cwd).resolve() != ROOT:
+        line = f"(cd {os.path.relpath(cwd, ROOT)} && {line})"
+    return line
+
+
+class Runner:
+    """Runs commands from the repo root (or `cwd`), logging each to `<log_dir>/<NN>-<name>.log` and
+    recording its shell line and wall time (`self.history`)."""
+
+    def __init__(self, log_dir, verbose=False):
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.verbose = verbose
+        self.history = []
+
+    def __call__(self, name, cmd, cwd=ROOT):
+        line = shell_line(cmd, cwd)
+        log = self.log_dir / f"{len(self.history):02d}-{name}.log"
+        print(f"[{name}] $ {line}", flush=True)
+        env = {**os.environ, **{k: os.environ.get(k, v) for k, v in ENV.items()}}
+        started = time.perf_counter()
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"$ {line}\n")
+            f.flush()
+            if self.verbose:
+                proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+                for out in proc.stdout:
+                    f.write(out)
+                    sys.stdout.write(out)
+                code = proc.wait()
+            else:
+                code = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - started
+        self.history.append({"stage": name, "command": line, "seconds": round(seconds, 1), "log": str(log)})
+        if code != 0:
+            tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+            raise StageError(f"stage '{name}' failed (exit {code}); log {log}:\n{tail}")
+        print(f"[{name}] done in {seconds:.0f} s (log: {os.path.relpath(log, ROOT)})", flush=True)
+        return seconds
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def _overrides(values):
+    """{'a.b': 1} -> ['a.b=1']; lists as [x,y] (the OmegaConf dotlist form)."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, (list, tuple)):
+            value = "[" + ",".join(str(v) for v in value) + "]"
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        elif value is None:
+            value = "null"
+        out.append(f"{key}={value}")
+    return out
+
+
+def rollout_command(checkpoint, dataset, output_dir, project="sdar_sample", *, block_size=4, steps=4, max_token=64,
+                    temperature=0.1, replicas=1, seed=0, extra=None):
+    """Stage 1 exactly as documented: run from sample/ with ../configs/sdar_sample.yaml. Paths absolute."""
+    values = {
+        "evaluation.checkpoint_path": Path(checkpoint).resolve(), "evaluation.eval_dataset": Path(dataset).resolve(),
+        "evaluation.data_type": "math", "rollout.block_size": block_size, "rollout.denoising_steps_per_block": steps,
+        "rollout.max_token": max_token, "rollout.temperature": temperature, "rollout.top_p": 1.0, "rollout.top_k": 0,
+        "rollout.remasking_strategy": "low_confidence_static", "rollout.num_response_per_task": replicas,
+        "rollout.seed": seed, "experiment.output_dir": Path(output_dir).resolve(), "experiment.project": project,
+        **(extra or {}),
+    }
+    return [PY, "sdar_sample.py", "config=../configs/sdar_sample.yaml", *_overrides(values)], ROOT / "sample"
+
+
+def rollout_output(checkpoint, dataset, output_dir, project="sdar_sample"):
+    """Where sdar_sample.py writes (utils.rollout.output_path, the original's file name)."""
+    from omegaconf import OmegaConf
+
+    from utils.rollout import output_path
+
+    cfg = OmegaConf.create({"experiment": {"output_dir": str(Path(output_dir).resolve()), "project": project},
+                            "evaluation": {"checkpoint_path": str(checkpoint), "eval_dataset": str(dataset),
+                                           "num_node": 1, "node_index": 0}})
+    return output_path(cfg)
+
+
+def rename_command(rollout_file, output):
+    return [PY, "data/rename_key.py", "--input", Path(rollout_file).resolve(), "--output", Path(output).resolve()]
+
+
+def train_command(script, config, overrides):
+    """`python train/<script> config=<config> key=value ...` (one process: the CPU default)."""
+    return [PY, f"train/{script}", f"config={config}", *_overrides(overrides)]
+
+
+def eval_command(checkpoints, dataset, output_dir, project, *, steps=(4, 2, 1), temperature=0.0, max_token=64,
+                 seed=0, extra=None):
+    """eval.py sweep over S and checkpoints {label: path}: one table, sweep.json and sweep.png."""
+    values = {
+        "evaluation.eval_dataset": Path(dataset).resolve() if Path(dataset).suffix else dataset,
+        "evaluation.data_type": "math", "rollout.block_size": 4, "rollout.temperature": temperature,
+        "rollout.max_token": max_token, "rollout.seed": seed, "sweep.denoising_steps": list(steps),
+        "sweep.checkpoints": [f"{label}={Path(path).resolve()}" for label, path in checkpoints.items()],
+        "experiment.output_dir": Path(output_dir).resolve(), "experiment.project": project, **(extra or {}),
+    }
+    return [PY, "eval.py", "config=configs/eval.yaml", *_overrides(values)]
+
+
+def sweep_rows(output_dir, project, dataset):
+    """eval.py's sweep.json rows for a dataset (name or path)."""
+    path = Path(output_dir) / project / "results" / f"sweep-{Path(str(dataset)).stem}" / "sweep.json"
+    return json.loads(path.read_text(encoding="utf-8")), path
+
+
+def subset(src, dest, start, stop):
+    """Write items[start:stop] of a dataset file (JSON list) to dest; returns dest."""
+    from utils.io import atomic_write_json, read_records
+
+    items = read_records(src)[start:stop]
+    atomic_write_json(Path(dest), items)
+    return Path(dest)
