@@ -12,6 +12,8 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -r requirements.txt
+	# Build DeepSpeed's CPU communication op once, now, rather than in two racing ranks of a first launch.
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)"
 
 test:
 	$(BIN)/python -m pytest -m "slow or not slow"

@@ -314,10 +314,16 @@ def test_cpu_config_launches(tmp_path, name, n, kind):
     script = tmp_path / "tiny.py"
     script.write_text(LAUNCH_SCRIPT)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / name),
-                           "--main_process_port", str(port), str(script)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    for _attempt in range(2):  # one retry: a loaded 2-core machine can lose a rank's rendezvous or output
+        proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / name),
+                               "--main_process_port", str(port), str(script)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+        if proc.returncode == 0 and len(results) == n:
+            break
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r[:5] for r in results] == [[str(i), str(n), kind, "3", "no"] for i in range(n)]
     assert len({r[5] for r in results}) == 1  # ranks agree: gradients were averaged (or there is one rank)
