@@ -33,9 +33,29 @@ def shell_line(cmd, cwd=ROOT):
     return line
 
 
+def _portable_arg(arg):
+    """One argument for a script that runs on any checkout: the interpreter as `python`, this checkout's
+    path as `${ROOT}` (inside double quotes, so it expands within list overrides too)."""
+    arg = str(arg)
+    if arg == PY:
+        return "python"
+    if str(ROOT) not in arg:
+        return shlex.quote(arg)
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
+    return '"' + escaped.replace(str(ROOT), "${ROOT}") + '"'
+
+
+def portable_line(cmd, cwd=ROOT):
+    """shell_line for a script that sets ROOT to the repository root (see commands_script users)."""
+    line = " ".join(_portable_arg(c) for c in cmd)
+    if Path(cwd).resolve() != ROOT:
+        line = f"(cd {os.path.relpath(cwd, ROOT)} && {line})"
+    return line
+
+
 class Runner:
     """Runs commands from the repo root (or `cwd`), logging each to `<log_dir>/<NN>-<name>.log` and
-    recording its shell line and wall time (`self.history`)."""
+    recording its shell line, wall time and exit code (`self.history`, appended to `<log_dir>/history.jsonl`)."""
 
     def __init__(self, log_dir, verbose=False):
         self.log_dir = Path(log_dir)
@@ -62,7 +82,11 @@ class Runner:
             else:
                 code = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
-        self.history.append({"stage": name, "command": line, "seconds": round(seconds, 1), "log": str(log)})
+        entry = {"stage": name, "command": line, "portable": portable_line(cmd, cwd), "seconds": round(seconds, 1),
+                 "log": str(log), "exit": code}
+        self.history.append(entry)
+        with open(self.log_dir / "history.jsonl", "a", encoding="utf-8") as f:  # survives across invocations
+            f.write(json.dumps(entry) + "\n")
         if code != 0:
             tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
             raise StageError(f"stage '{name}' failed (exit {code}); log {log}:\n{tail}")

@@ -126,38 +126,47 @@ def test_synthetic_items_are_deterministic_and_prefix_stable():
     assert first != synthetic_math.make_items(200, 8, "train")
 
 
-def test_synthetic_train_and_test_are_disjoint_up_to_operand_order():
-    train_pool, test_pool = synthetic_math.problem_pool("train"), synthetic_math.problem_pool("test")
-    assert not set(train_pool) & set(test_pool) and len(train_pool) + len(test_pool) == 92 * 91 * 90 // 6
+def test_synthetic_splits_are_disjoint_up_to_operand_order():
+    pools = {split: set(synthetic_math.problem_pool(split)) for split in synthetic_math.SPLITS}
+    assert sum(map(len, pools.values())) == 90 * 91 // 2  # every unordered pair of 10..99, once
+    assert not (pools["train"] & pools["val"] or pools["train"] & pools["test"] or pools["val"] & pools["test"])
     key = lambda it: tuple(sorted(it["operands"]))  # noqa: E731
     train = {key(it) for it in synthetic_math.make_items(20000, 0, "train")}
-    test = [key(it) for seed in (0, 1) for it in synthetic_math.make_items(500, seed, "test")]
-    assert len(train) == 20000 and len(set(test[:500])) == 500 and not train & set(test)
+    assert train == pools["train"]  # train passes cycle through the whole pool
+    for split, n in (("val", 400), ("test", 500)):
+        held_out = [key(it) for seed in (0, 1) for it in synthetic_math.make_items(n, seed, split)]
+        assert len(set(held_out[:n])) == n and set(held_out) <= pools[split]
+
+
+def test_synthetic_train_cycles_with_fresh_draws():
+    pool = synthetic_math.problem_pool("train")
+    items = synthetic_math.make_items(2 * len(pool), 0, "train")
+    first, second = items[:len(pool)], items[len(pool):]
+    key = lambda it: tuple(sorted(it["operands"]))  # noqa: E731
+    assert sorted(map(key, first)) == sorted(map(key, second)) == sorted(pool)  # each pass: every problem once
+    assert [key(it) for it in first] != [key(it) for it in second]  # reshuffled
 
 
 def test_synthetic_item_content():
-    pattern = re.compile(r"(\d+)\+(\d+)=(\d+)")
     items = synthetic_math.make_items(300, 0, "test")
     assert {it["solution_style"] for it in items} == {0, 1, 2, 3}
     assert {it["question_style"] for it in items} == {0, 1, 2, 3}
     for it in items:
-        a, b, c = it["operands"]
-        assert it["ground_truth_answer"] == str(a + b + c) and all(str(x) in it["question"] for x in (a, b, c))
+        a, b = it["operands"]
+        assert it["ground_truth_answer"] == str(a + b) and all(str(x) in it["question"] for x in (a, b))
         assert it["solution"] == it["solutions"][it["solution_style"]]
-        assert len({s.split()[0] for s in it["solutions"]}) == 4  # phrasings differ at the first word
-        for sol in it["solutions"]:
-            assert sol.endswith(f"\\boxed{{{a + b + c}}}")
-            steps = pattern.findall(sol)
-            assert len(steps) == 2 and all(int(x) + int(y) == int(z) for x, y, z in steps)
-            assert steps[0][2] == steps[1][0] or steps[0][2] == steps[1][1]  # second step uses the first result
-    one = synthetic_math.make_items(1, 0, "test")[0]
-    a, b, c = one["operands"]
-    assert one["solutions"][0] == f"First {a}+{b}={a + b}, then {a + b}+{c}={a + b + c}. \\boxed{{{a + b + c}}}"
+        assert it["solutions"] == [f"{a}+{b}={a + b}. \\boxed{{{a + b}}}", f"{b}+{a}={a + b}. \\boxed{{{a + b}}}",
+                                   f"The sum is {a + b}. \\boxed{{{a + b}}}",
+                                   f"Adding {a} and {b} gives {a + b}. \\boxed{{{a + b}}}"]
+        if a // 10 != b // 10:
+            assert len({s[0] for s in it["solutions"]}) == 4  # phrasings differ at the first token
 
 
 def test_synthetic_rejects_impossible_sizes():
     with pytest.raises(ValueError, match="test pool holds"):
         synthetic_math.make_items(10 ** 6, 0, "test")
+    with pytest.raises(ValueError, match="val pool holds"):
+        synthetic_math.make_items(500, 0, "val")
     with pytest.raises(ValueError, match="split must be one of"):
         synthetic_math.make_items(1, 0, "dev")
 
@@ -168,14 +177,16 @@ def test_shipped_synthetic_files_match_the_generator():
     test = read("synthetic_math_test.json")
     assert test == synthetic_math.make_items(500, 0, "test")
     assert read("synthetic_math_smoke.json") == test[:16]
+    assert read("synthetic_math_val.json") == synthetic_math.make_items(400, 0, "val")
     assert read("synthetic_math_train.json") == synthetic_math.make_items(20000, 0, "train")
 
 
 def test_synthetic_cli_writes_files(tmp_path):
-    synthetic_math.main(["--seed", "3", "--train", "20", "--test", "5", "--out_dir", str(tmp_path)])
+    synthetic_math.main(["--seed", "3", "--train", "20", "--val", "4", "--test", "5", "--out_dir", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "synthetic_math_smoke.json", "synthetic_math_test.json", "synthetic_math_train.json"]
+        "synthetic_math_smoke.json", "synthetic_math_test.json", "synthetic_math_train.json", "synthetic_math_val.json"]
     assert json.loads((tmp_path / "synthetic_math_train.json").read_text()) == synthetic_math.make_items(20, 3, "train")
+    assert json.loads((tmp_path / "synthetic_math_val.json").read_text()) == synthetic_math.make_items(4, 3, "val")
     assert json.loads((tmp_path / "synthetic_math_smoke.json").read_text()) == synthetic_math.make_items(5, 3, "test")
 
 
@@ -296,8 +307,10 @@ model, opt = acc.prepare(model, opt)
 acc.backward(model(torch.full((1, 2), float(acc.process_index + 1))).sum())
 opt.step()
 w = acc.unwrap_model(model).weight.detach().sum().item()
-print(f"RESULT {acc.process_index} {acc.num_processes} {acc.distributed_type.value} "
-      f"{acc.gradient_accumulation_steps} {acc.mixed_precision} {w:.6f}", flush=True)
+# one file per rank: the ranks' stdout lines can interleave with launcher/DeepSpeed logging
+with open(f"result{acc.process_index}.txt", "w") as f:
+    f.write(f"{acc.process_index} {acc.num_processes} {acc.distributed_type.value} "
+            f"{acc.gradient_accumulation_steps} {acc.mixed_precision} {w:.6f}")
 """
 
 
@@ -318,12 +331,15 @@ def test_cpu_config_launches(tmp_path, name, n, kind):
         proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / name),
                                "--main_process_port", str(port), str(script)],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+        results = sorted(p.read_text().split() for p in tmp_path.glob("result*.txt"))
         if proc.returncode == 0 and len(results) == n:
             break
+        for stale in tmp_path.glob("result*.txt"):
+            stale.unlink()
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(results) == n, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert [r[:5] for r in results] == [[str(i), str(n), kind, "3", "no"] for i in range(n)]
     assert len({r[5] for r in results}) == 1  # ranks agree: gradients were averaged (or there is one rank)
