@@ -25,17 +25,20 @@ class StageError(RuntimeError):
     """A stage's command failed; the message names the command and ends with its log's tail."""
 
 
-def shell_line(cmd, cwd=ROOT):
-    """The command as one copy-pasteable shell line (with `cd` when it runs outside the repo root)."""
-    line = shlex.join(str(c) for c in cmd)
+def shell_line(cmd, cwd=ROOT, portable=False):
+    """The command as one copy-pasteable shell line (with `cd` when it runs outside the repo root).
+
+    portable=True: for a script that sets ROOT to the repository root, so it runs on any checkout: the
+    interpreter becomes `python` and this checkout's path `${ROOT}`."""
+    line = " ".join(_portable_arg(c) for c in cmd) if portable else shlex.join(str(c) for c in cmd)
     if Path(cwd).resolve() != ROOT:
         line = f"(cd {os.path.relpath(cwd, ROOT)} && {line})"
     return line
 
 
 def _portable_arg(arg):
-    """One argument for a script that runs on any checkout: the interpreter as `python`, this checkout's
-    path as `${ROOT}` (inside double quotes, so it expands within list overrides too)."""
+    """One argument of a portable line; `${ROOT}` goes inside double quotes so it expands within list
+    overrides too."""
     arg = str(arg)
     if arg == PY:
         return "python"
@@ -43,14 +46,6 @@ def _portable_arg(arg):
         return shlex.quote(arg)
     escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
     return '"' + escaped.replace(str(ROOT), "${ROOT}") + '"'
-
-
-def portable_line(cmd, cwd=ROOT):
-    """shell_line for a script that sets ROOT to the repository root (see commands_script users)."""
-    line = " ".join(_portable_arg(c) for c in cmd)
-    if Path(cwd).resolve() != ROOT:
-        line = f"(cd {os.path.relpath(cwd, ROOT)} && {line})"
-    return line
 
 
 class Runner:
@@ -82,7 +77,7 @@ class Runner:
             else:
                 code = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
-        entry = {"stage": name, "command": line, "portable": portable_line(cmd, cwd), "seconds": round(seconds, 1),
+        entry = {"stage": name, "command": line, "portable": shell_line(cmd, cwd, portable=True), "seconds": round(seconds, 1),
                  "log": str(log), "exit": code}
         self.history.append(entry)
         with open(self.log_dir / "history.jsonl", "a", encoding="utf-8") as f:  # survives across invocations

@@ -135,6 +135,7 @@ class Experiment:
         summary = summarize(rows, self.steps)
         goal = goal_check(summary, max(self.steps), min(self.steps))
         results = Path(self.args.results)
+        history = self.history()
         setup = {
             "base_checkpoint": str(self.base.relative_to(ROOT) if self.base.is_relative_to(ROOT) else self.base),
             "eval_dataset": dataset.name, "eval_items": len(items), "block_size": 4, "max_token": 64,
@@ -148,16 +149,16 @@ class Experiment:
         atomic_write_json(results / "results.json", {
             "setup": setup, "summary": summary, "goal": goal,
             "runs": [{k: r.get(k) for k in keep} for r in rows],
-            "timings": {h["stage"]: h["seconds"] for h in self.history()},
+            "timings": {h["stage"]: h["seconds"] for h in history},
         })
-        atomic_write_text(results / "table.md", markdown(summary, self.steps, goal, len(self.seeds)))
+        atomic_write_text(results / "table.md", markdown(summary, self.steps, goal))
         mean_rows = [{"checkpoint": s["label"], "sweep_kind": "steps", "setting": f"S={S}",
                       "tokens_per_forward": s["by_steps"][str(S)]["tokens_per_forward"],
                       "accuracy": s["by_steps"][str(S)]["accuracy_mean"]}
                      for s in summary.values() for S in self.steps]
         plot_sweep(mean_rows, results / "accuracy_vs_tokens_per_forward.png",
                    f"{dataset.stem} (B=4, greedy; trained models: mean of {len(self.seeds)} seeds)")
-        atomic_write_text(results / "commands.sh", commands_script(self.history()))
+        atomic_write_text(results / "commands.sh", commands_script(history))
         print((results / "table.md").read_text())
 
     def history(self):
@@ -229,14 +230,14 @@ def goal_check(summary, full, few):
     return out
 
 
-def _cell(entry, n_seeds, key="accuracy"):
+def _cell(entry, key="accuracy"):
     mean, std = entry[f"{key}_mean"], entry[f"{key}_std"]
     if mean is None:
         return "–"
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if entry["n"] > 1 else f"{100 * mean:.1f}"
 
 
-def markdown(summary, steps, goal, n_seeds):
+def markdown(summary, steps, goal):
     head = ("| model | " + " | ".join(f"S={S} acc % " for S in steps) + " | "
             + " | ".join(f"S={S} valid % " for S in steps) + " | tokens/forward |")
     lines = [head, "|---|" + "---:|" * (2 * len(steps) + 1)]
@@ -244,9 +245,12 @@ def markdown(summary, steps, goal, n_seeds):
         by = s["by_steps"]
         tpf = " / ".join(f"{by[str(S)]['tokens_per_forward']:.2f}" for S in steps)
         name = s["label"] + (f" ({s['seeds']} seeds)" if s["seeds"] > 1 else "")
-        lines.append(f"| {name} | " + " | ".join(_cell(by[str(S)], n_seeds) for S in steps) + " | "
-                     + " | ".join(_cell(by[str(S)], n_seeds, "valid") for S in steps) + f" | {tpf} |")
-    if goal:
+        lines.append(f"| {name} | " + " | ".join(_cell(by[str(S)]) for S in steps) + " | "
+                     + " | ".join(_cell(by[str(S)], "valid") for S in steps) + f" | {tpf} |")
+    if goal and goal["t3d_gap_recovered"] is None:
+        lines += ["", f"Base gap S={max(steps)} − S={min(steps)}: {100 * goal['base_gap']:.1f} points: nothing to "
+                  "recover, so the goal cannot be met."]
+    elif goal:
         lines += ["", f"Base gap S={max(steps)} − S={min(steps)}: {100 * goal['base_gap']:.1f} points. "
                   f"T3D recovers {100 * goal['t3d_gap_recovered']:.0f}% of it at S={min(steps)}; its S={max(steps)} accuracy "
                   f"changes by {-100 * goal['t3d_full_step_drop']:+.1f} points. Goal (≥ 50% recovered, ≤ 2 points lost): "

@@ -56,11 +56,13 @@ def test_goal_check_is_the_issue_rule():
 
 def test_markdown_table():
     summary = rx.summarize(ROWS, [4, 1])
-    text = rx.markdown(summary, [4, 1], rx.goal_check(summary, 4, 1), 2)
+    text = rx.markdown(summary, [4, 1], rx.goal_check(summary, 4, 1))
     lines = text.splitlines()
     assert lines[2] == "| base | 90.0 | 50.0 | – | – | 1.00 / 3.00 |"
     assert lines[3] == "| T3D (2 seeds) | 89.0 ± 0.0 | 75.0 ± 7.1 | – | – | 1.00 / 3.00 |"
     assert "T3D recovers 62% of it at S=1; its S=4 accuracy changes by -1.0 points" in text and "met." in text
+    flat = rx.summarize([dict(r, accuracy=0.9) for r in ROWS], [4, 1])  # no gap: a table, not a crash
+    assert "0.0 points: nothing to recover, so the goal cannot be met." in rx.markdown(flat, [4, 1], rx.goal_check(flat, 4, 1))
 
 
 def test_valid_share_reads_items_jsonl(tmp_path):
@@ -77,11 +79,11 @@ def test_valid_share_reads_items_jsonl(tmp_path):
 def test_portable_commands_run_anywhere(tmp_path):
     cmd = pl.eval_command({"base": ROOT / "models" / "sdar-tiny", "t3d": ROOT / "experiments" / "x"},
                           ROOT / "data" / "synthetic_math_test.json", ROOT / "experiments" / "o", "p")
-    line = pl.portable_line(cmd)
+    line = pl.shell_line(cmd, portable=True)
     assert str(ROOT) not in line and line.startswith("python eval.py config=configs/eval.yaml ")
     assert '"sweep.checkpoints=[base=${ROOT}/models/sdar-tiny,t3d=${ROOT}/experiments/x]"' in line
     rollout, cwd = pl.rollout_command(ROOT / "models" / "sdar-tiny", ROOT / "data" / "x.json", ROOT / "experiments")
-    assert pl.portable_line(rollout, cwd).startswith("(cd sample && python sdar_sample.py config=../configs/")
+    assert pl.shell_line(rollout, cwd, portable=True).startswith("(cd sample && python sdar_sample.py config=../configs/")
     # the shell expands ${ROOT} to the arguments the command was built with, list overrides included
     script = rx.commands_script([{"stage": "eval", "seconds": 1.0, "portable": line.replace("python eval.py", "printf '%s\\n'")}])
     (tmp_path / "c.sh").write_text(script)
