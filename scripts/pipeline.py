@@ -135,8 +135,10 @@ def rename_command(rollout_file, output):
 
 
 def train_command(script, config, overrides):
-    """`python train/<script> config=<config> key=value ...` (one process: the CPU default)."""
-    return [PY, f"train/{script}", f"config={config}", *_overrides(overrides)]
+    """`python train/<script> config=<config> key=value ...` (one process: the CPU default). These scripts
+    always train a fresh run (an earlier run in the same dir is moved to its previous/), as they did before
+    resuming became the trainers' default; an override can say otherwise."""
+    return [PY, f"train/{script}", f"config={config}", *_overrides({"experiment.start_from_scratch": True, **overrides})]
 
 
 def eval_command(checkpoints, dataset, output_dir, project, *, steps=(4, 2, 1), temperature=0.0, max_token=64,

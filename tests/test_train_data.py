@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def fabricate_records(tokenizer, n, seed=0, block_size=4, replicas=1):
-    """Rollout-style records (data/rename_key.py format) with a plausible per-block decoding order."""
+    """Rollout-style records (data/rename_key.py format) with a plausible per-block decoding order: one token
+    per step, so S = B."""
     rng = random.Random(seed)
     records = []
     for i in range(n):
@@ -36,7 +37,8 @@ def fabricate_records(tokenizer, n, seed=0, block_size=4, replicas=1):
                     steps[pos] = step
                 j = end
             records.append({"question": item["question"], "prompt": prompt, "answer": text, "response_ids": ids,
-                            "step_map": steps, "source_index": i, "replica": rep})
+                            "step_map": steps, "source_index": i, "replica": rep, "block_size": block_size,
+                            "denoising_steps_per_block": block_size, "remasking_strategy": "low_confidence_static"})
     return records
 
 
@@ -76,7 +78,12 @@ def test_jsonl_records_are_accepted(tiny, tmp_path):
     (lambda r: r.update(answer="", response_ids=[], step_map=[]), "record 1: empty answer"),
     (lambda r: r.update(prompt=r["prompt"] * 20), "record 1: prompt has {p} tokens > training.max_prompt_len=256"),
     (lambda r: r.pop("response_ids"), "record 1: missing 'response_ids'"),
-    (lambda r: r.update(step_map=[-1] * len(r["step_map"])), "record 1: step_map has a negative entry"),
+    (lambda r: r.update(step_map=[-1] * len(r["step_map"])), "record 1: step_map has the value -1; decoding steps start at 1"),
+    (lambda r: r["step_map"].__setitem__(3, 0), "record 1: step_map has the value 0; decoding steps start at 1"),
+    # 18 response tokens after a 40-token prompt span 5 blocks of 4: at most 5 x 4 = 20 steps
+    (lambda r: r["step_map"].__setitem__(0, 21),
+     "record 1: step_map has the value 21 but the response spans 5 blocks of 4 denoising steps (at most 20)"),
+    (lambda r: r.update(denoising_steps_per_block=0), "record 1: 'denoising_steps_per_block' must be a positive integer, got 0"),
 ])
 def test_bad_records_give_one_line_errors(tiny, tmp_path, edit, message):
     _, tok = tiny
@@ -94,6 +101,48 @@ def test_bad_records_give_one_line_errors(tiny, tmp_path, edit, message):
     kept = load_examples(path, tok, **{**LIMITS, "skip_invalid": True, "log": logs.append})
     assert [e["index"] for e in kept] == [0, 2]
     assert logs[0].startswith("r.json: kept 2 of 3 records; skipped 1 (")
+
+
+def test_step_map_bound_follows_absolute_blocks_and_steps_per_block(tiny, tmp_path):
+    _, tok = tiny
+    rec = fabricate_records(tok, 1)[0]  # prompt 40 tokens (tail 0), 18 response tokens: 5 blocks
+    rec["step_map"] = [20] * 18
+    assert len(load_examples(write(tmp_path / "r.json", [rec]), tok, **LIMITS)) == 1  # 20 = 5 x 4: possible
+    rec["denoising_steps_per_block"] = 2  # at most 10 steps
+    with pytest.raises(DataError, match="value 20 but the response spans 5 blocks of 2 denoising steps"):
+        load_examples(write(tmp_path / "r.json", [rec]), tok, **LIMITS)
+    rec.pop("denoising_steps_per_block")  # S unknown: only >= 1 is checked
+    assert len(load_examples(write(tmp_path / "r.json", [rec]), tok, **LIMITS)) == 1
+
+
+def test_rollout_block_size_must_match_training(tiny, tmp_path):
+    _, tok = tiny
+    recs = fabricate_records(tok, 3)
+    recs[2]["block_size"] = 8
+    path = write(tmp_path / "r.json", recs)
+    for skip in (False, True):  # a wrong setting, not a bad record: never skipped
+        with pytest.raises(DataError) as err:
+            load_examples(path, tok, **{**LIMITS, "skip_invalid": skip})
+        assert str(err.value) == (f"{path}: record 2: the rollout's block_size is 8 but training.block_size=4; "
+                                  "blocks, trace masks and the path loss must follow the decoder's blocks")
+    # records that do not say their block size: trained, with one warning for the file
+    for r in recs:
+        for key in ("block_size", "denoising_steps_per_block", "remasking_strategy"):
+            r.pop(key)
+    logs = []
+    assert len(load_examples(write(tmp_path / "r.json", recs), tok, **{**LIMITS, "log": logs.append})) == 3
+    assert logs[1:] == ["WARNING: 3 of 3 records in r.json do not say their rollout block_size (older or "
+                        "original-project rollouts): training.block_size=4 could not be checked against the decoder "
+                        "that produced them"]
+
+
+def test_non_utf8_data_is_one_line(tiny, tmp_path):
+    _, tok = tiny
+    path = tmp_path / "r.json"
+    path.write_bytes(b'[{"prompt": "caf\xe9"}]')  # Latin-1
+    with pytest.raises(DataError, match=r"r.json: not UTF-8 text") as err:
+        load_examples(path, tok, **LIMITS)
+    assert "\n" not in str(err.value)
 
 
 def test_missing_file_and_all_skipped(tiny, tmp_path):

@@ -173,16 +173,23 @@ def test_kill_and_resume_equals_uninterrupted(tokenizer, tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (tmp_path / "cut" / RUN / "ckpt" / "optimized").exists(), "the run finished before the kill"
-    launch("self_ddo_sdar_full.py", t3d_args(data, tmp_path / "cut", *common, "training.resume_from_checkpoint=latest"))
+    # the same command again, no flags: it resumes (and says so) instead of starting over
+    rerun = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = [ln for ln in rerun.stdout.splitlines() if ln.startswith("resuming from")]
+    assert len(resumed) == 1 and f"{state}/step-" in resumed[0] and ": step " in resumed[0]
     full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
     assert [r["step"] for r in cut] == [r["step"] for r in full] == list(range(1, 13))
     assert [r["loss"] for r in cut] == [r["loss"] for r in full]
-    assert max_diff(weights(tmp_path / "full"), weights(tmp_path / "cut")) < 1e-6
-    assert not list((tmp_path / "cut" / RUN / "state").glob(".tmp-*"))
-    # a resume with another batch layout would continue at the wrong place: refused in one line
-    bad = subprocess.run([*cmd, "training.batch_size_lm=4", "training.resume_from_checkpoint=latest"],
-                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "cannot resume: the state was saved with" in bad.stderr.strip().splitlines()[-1]
+    assert max_diff(weights(tmp_path / "full"), weights(tmp_path / "cut")) == 0.0  # bit-identical
+    assert not list(state.glob(".tmp-*")) and not (tmp_path / "cut" / RUN / "previous").exists()
+    # another setting: refused in one line naming it, nothing moved or changed
+    before = sorted(p.name for p in state.iterdir())
+    bad = subprocess.run([*cmd, "training.batch_size_lm=4"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert f"cannot resume from {state}/step-12: it belongs to a different run (training.batch_size_lm 2 -> 4)" in bad.stderr
+    assert sorted(p.name for p in state.iterdir()) == before
 
 
 def test_non_finite_loss_stops_naming_the_step(tiny_dir, tmp_path):

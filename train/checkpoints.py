@@ -1,4 +1,5 @@
-"""Run-directory files: model checkpoints (save_pretrained), accelerator states for resume, rotation.
+"""Run-directory files: model checkpoints (save_pretrained), accelerator states for resume, rotation, and
+the decision to resume or start fresh.
 
 Layout of `{output_dir}/{project}/`:
     config.yaml                 resolved training config
@@ -8,19 +9,37 @@ Layout of `{output_dir}/{project}/`:
                                 processes), seconds (compute time of the step, saving excluded)
     ckpt/{name}-step{N}/        weights (safetensors) + tokenizer + config.yaml, loadable by utils.checkpoint.load
     ckpt/{name}/                the final model
-    state/step-{N}/             accelerator.save_state: model, optimizer, scheduler, RNG, loop position
+    state/step-{N}/             accelerator.save_state: model, optimizer, scheduler, RNG, loop position, plus
+                                manifest.json: the run's fingerprint and every file's size and CRC-32
+    previous/{UTC time}/        an earlier run's files, moved aside by a fresh start (never deleted)
 Every directory is written under a `.tmp-*` name and renamed when complete, so a kill never leaves a
-half-written checkpoint behind a real name.
+half-written checkpoint behind a real name; the manifest also catches a state damaged afterwards.
 """
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import time
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 from train.runtime import TrainingError
-from utils.config import save_config
-from utils.io import atomic_write_text
+from utils.config import flatten, save_config
+from utils.io import atomic_write_json, atomic_write_text
+
+MANIFEST = "manifest.json"
+# Config keys that cannot change a trained number (paths, names, logging, saving cadence, how to start);
+# every other resolved key is part of a run's fingerprint. Data and initial weights count by content.
+NOT_TRAINING = ("wandb.", "experiment.project", "experiment.output_dir", "experiment.start_from_scratch",
+                "experiment.num_node", "experiment.save_every_steps", "experiment.checkpoints_total_limit",
+                "training.resume_from_checkpoint", "training.gradient_checkpointing_enable",
+                "model.pretrained_model", "model.optimized_name", "dataset.optimization_data")
+RUN_FILES = ("state", "ckpt", "metrics.jsonl", "config.yaml", "wandb_run_id", "wandb")  # what a fresh start moves aside
+# model-directory files that make a starting point: weights, architecture, tokenizer (not docs or recipes)
+MODEL_FILE = re.compile(r".*\.(safetensors|bin|json|jinja|txt|model|tiktoken)$")
 
 
 class LoopState:
@@ -43,6 +62,53 @@ class LoopState:
         self.global_step, self.epoch, self.batches_done = state["global_step"], state["epoch"], state["batches_done"]
 
 
+# ------------------------------------------------------------------------------------------ fingerprints
+def file_digest(path, algo="sha256"):
+    """Hex digest of a file's bytes, read in 16 MiB chunks; algo 'crc32' is the fast integrity check."""
+    crc, h = 0, None if algo == "crc32" else hashlib.new(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            if h is None:
+                crc = zlib.crc32(chunk, crc)
+            else:
+                h.update(chunk)
+    return f"{crc:08x}" if h is None else h.hexdigest()
+
+
+def model_identity(directory):
+    """sha256 over the names and contents of a model directory's weight, config and tokenizer files."""
+    h = hashlib.sha256()
+    for p in sorted(Path(directory).iterdir()):
+        if p.is_file() and MODEL_FILE.fullmatch(p.name):
+            h.update(f"{p.name}:{file_digest(p)}\n".encode())
+    return h.hexdigest()
+
+
+def run_fingerprint(cfg, data_path, model_dir, processes):
+    """What a resume state must match: the resolved config minus NOT_TRAINING keys, the number of
+    processes, the training data's content and the starting model's files."""
+    config = {k: v for k, v in flatten(cfg).items() if not any(k == n or k.startswith(n) for n in NOT_TRAINING)}
+    return json.loads(json.dumps({"config": config, "processes": int(processes),
+                                  "data": file_digest(data_path), "weights": model_identity(model_dir)}))
+
+
+def fingerprint_changes(saved, current):
+    """Human-readable differences between two fingerprints ([] when compatible)."""
+    changes = []
+    old, new = saved.get("config", {}), current["config"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changes.append(f"{key} {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    if saved.get("processes") != current["processes"]:
+        changes.append(f"processes {saved.get('processes')} -> {current['processes']}")
+    if saved.get("data") != current["data"]:
+        changes.append("the training data's content (dataset.optimization_data)")
+    if saved.get("weights") != current["weights"]:
+        changes.append("the initial weights or tokenizer (model.pretrained_model)")
+    return changes
+
+
+# ------------------------------------------------------------------------------------------ saving
 def _publish(tmp, dest):
     """Rename a finished temp dir onto dest (replacing an older dest)."""
     old = dest.parent / f".old-{dest.name}"
@@ -61,6 +127,37 @@ def clean_temporaries(root):
                 shutil.rmtree(p, ignore_errors=True)
 
 
+class _TiedHeadNote(logging.Filter):
+    """accelerate logs "Removed shared tensor {'lm_head.weight'}" at every safetensors save of a model with
+    tied embeddings: expected (the tie is restored on load), so only that exact note is dropped."""
+
+    def filter(self, record):
+        return "Removed shared tensor {'lm_head.weight'}" not in record.getMessage()
+
+
+@contextmanager
+def _writing(dest, tmp, tied):
+    """Turn any failure while writing (full disk, permissions, ...) into one line; the temp dir goes."""
+    note = _TiedHeadNote()
+    log = logging.getLogger("accelerate.utils.other")
+    if tied:
+        log.addFilter(note)
+    try:
+        yield
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = f"{err.strerror} ({err.filename or tmp})" if isinstance(err, OSError) and err.strerror else (
+            str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise TrainingError(f"could not write {dest}: {reason}; nothing was published under that name, "
+                            "earlier checkpoints and states are intact") from None
+    finally:
+        log.removeFilter(note)
+
+
+def _tied(accelerator, model):
+    return bool(getattr(accelerator.unwrap_model(model).config, "tie_word_embeddings", False))
+
+
 def save_model(accelerator, model, tokenizer, cfg, dest):
     """save_pretrained (safetensors) + tokenizer + resolved config.yaml, atomically. Called on every rank:
     get_state_dict gathers ZeRO-3 shards."""
@@ -68,25 +165,35 @@ def save_model(accelerator, model, tokenizer, cfg, dest):
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = dest.parent / f".tmp-{dest.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        save_config(cfg, tmp)
-        _publish(tmp, dest)
+        with _writing(dest, tmp, _tied(accelerator, model)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            save_config(cfg, tmp)
+            _publish(tmp, dest)
     accelerator.wait_for_everyone()
 
 
-def save_state(accelerator, dest):
-    """accelerator.save_state into a temp dir on every rank, renamed by the main process."""
+def write_manifest(directory, fingerprint, step):
+    files = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "crc32": file_digest(p, "crc32")}
+             for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != MANIFEST}
+    atomic_write_json(Path(directory) / MANIFEST, {"step": step, "fingerprint": fingerprint, "files": files})
+
+
+def save_state(accelerator, model, dest, fingerprint, step):
+    """accelerator.save_state into a temp dir on every rank; the main process adds the manifest and renames."""
     dest = Path(dest)
     tmp = dest.parent / f".tmp-{dest.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _writing(dest, tmp, _tied(accelerator, model)):
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _publish(tmp, dest)
+        with _writing(dest, tmp, False):
+            write_manifest(tmp, fingerprint, step)
+            _publish(tmp, dest)
     accelerator.wait_for_everyone()
 
 
@@ -107,31 +214,132 @@ def prune(directory, pattern, limit):
         shutil.rmtree(p, ignore_errors=True)
 
 
-def find_state(root, spec):
-    """`training.resume_from_checkpoint`: null -> None, 'latest' -> newest state/step-N (None if none), or a path."""
-    if spec in (None, "", False):
-        return None
-    if str(spec) == "latest":
-        found = _numbered(Path(root) / "state", r"step-(\d+)")
-        return found[-1][1] if found else None
+# ------------------------------------------------------------------------------------------ resume or start
+def state_problem(state):
+    """Why a state directory cannot be loaded (missing or damaged file), or None; checks the manifest."""
+    try:
+        manifest = json.loads((state / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"{state / MANIFEST} is missing (an unfinished state, or one saved by an older version)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{state / MANIFEST} is corrupt"
+    for name, meta in files.items():
+        path = state / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != meta["bytes"]:
+            return f"{path} is corrupt ({path.stat().st_size} bytes, {meta['bytes']} saved)"
+        if file_digest(path, "crc32") != meta["crc32"]:
+            return f"{path} is corrupt (checksum mismatch)"
+    return None
+
+
+def _saved_model_dir(path):
+    return (path / "config.json").is_file() and not (path / MANIFEST).is_file()
+
+
+def _explicit_state(spec):
     path = Path(str(spec)).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"training.resume_from_checkpoint: no such state directory {path}")
+        raise TrainingError(f"training.resume_from_checkpoint: no such state directory {path}")
+    if _saved_model_dir(path):
+        raise TrainingError(
+            f"training.resume_from_checkpoint={path} is a saved model, not a training state: pass "
+            f"model.pretrained_model={path} to start from its weights, or a <run dir>/state/step-N directory to resume")
+    problem = state_problem(path)
+    if problem:
+        raise TrainingError(f"training.resume_from_checkpoint: cannot resume: {problem}")
     return path
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON line per optimizer step; a resume drops lines after its step."""
+def _latest_usable_state(root, log):
+    """Newest state/step-N whose files match its manifest; a damaged one is named and skipped."""
+    damaged = []
+    for _, state in reversed(_numbered(Path(root) / "state", r"step-(\d+)")):
+        problem = state_problem(state)
+        if problem is None:
+            if damaged:
+                log(f"WARNING: resuming from the older state {state.name} instead")
+            return state
+        damaged.append(problem)
+        log(f"WARNING: resume state {state} is unusable: {problem}")
+    if damaged:
+        raise TrainingError(f"no usable resume state in {Path(root) / 'state'}: {damaged[0]}; set "
+                            "experiment.start_from_scratch=true to start a fresh run (the damaged states are moved aside)")
+    return None
 
-    def __init__(self, path, enabled, resume_step=None):
+
+def move_aside(root, log):
+    """Move an earlier run's files to previous/<UTC time>/ (nothing is deleted); returns that dir or None."""
+    root = Path(root)
+    found = [name for name in RUN_FILES if (root / name).exists()]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest, n = root / "previous" / stamp, 1
+    while dest.exists():
+        dest, n = root / "previous" / f"{stamp}-{n}", n + 1
+    dest.mkdir(parents=True)
+    for name in found:
+        os.replace(root / name, dest / name)
+    log(f"fresh start: moved the earlier run's {', '.join(found)} from {root} to {dest} (nothing deleted; "
+        "remove it yourself when no longer needed)")
+    return dest
+
+
+def choose_start(cfg, root, fingerprint, log):
+    """Main process: the state to resume from (None = fresh start, earlier files moved aside).
+
+    Default (experiment.start_from_scratch=false): the newest intact state in the run dir, which must
+    match this run's fingerprint; none -> fresh. training.resume_from_checkpoint names a state instead."""
+    clean_temporaries(root)
+    spec = cfg.training.resume_from_checkpoint
+    if cfg.experiment.start_from_scratch:  # (with resume_from_checkpoint set: refused by check_common)
+        state = None
+    elif spec not in (None, "", "latest"):
+        state = _explicit_state(spec)
+    else:
+        state = _latest_usable_state(root, log)
+    if state is None:
+        move_aside(root, log)
+        return None
+    saved = json.loads((state / MANIFEST).read_text(encoding="utf-8"))["fingerprint"]
+    changes = fingerprint_changes(saved, fingerprint)
+    if changes:
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise TrainingError(f"cannot resume from {state}: it belongs to a different run ({shown}); set "
+                            "experiment.start_from_scratch=true to start fresh (the earlier run is moved to "
+                            f"{Path(root) / 'previous'}/) or use another experiment.project")
+    return state
+
+
+# ------------------------------------------------------------------------------------------ metrics
+class MetricsLog:
+    """metrics.jsonl: one JSON line per optimizer step; a resume drops lines after its step. A torn last
+    line (a kill during the append) is dropped with a note; a bad line elsewhere is an error."""
+
+    def __init__(self, path, enabled, resume_step=None, log=print):
         self.path, self.enabled = Path(path), enabled
         if not enabled:
             return
-        lines = []
+        rows = []
         if resume_step is not None and self.path.is_file():
-            lines = [ln for ln in self.path.read_text().splitlines()
-                     if ln.strip() and json.loads(ln)["step"] <= resume_step]
-        atomic_write_text(self.path, "".join(ln + "\n" for ln in lines))
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    step = row["step"]
+                except (ValueError, KeyError, TypeError):
+                    if n == len(lines):
+                        log(f"note: {self.path}: dropped a torn last line (line {n}, a crash during the write)")
+                        continue
+                    raise TrainingError(f"{self.path}: line {n} is not a metrics record; fix or remove it") from None
+                if step <= resume_step:
+                    rows.append(line)
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in rows))
 
     def write(self, record):
         if self.enabled:

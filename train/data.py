@@ -1,5 +1,9 @@
 """Training examples: validated token ids from rollout records or SFT items, batched with per-batch padding.
 
+Rollout records that carry the rollout's `block_size` / `denoising_steps_per_block` (data/rename_key.py
+copies them) are checked against training.block_size, and their step_map against the steps the decoder
+can take: 1 <= step <= S x (blocks the response spans), blocks aligned to absolute positions.
+
 An example is a dict: `index` (record index in the file: errors and the noise RNG are keyed by it),
 `prompt_ids`, `response_ids` (+ `post_num` pad tokens after a final stop token, trained to predict
 pad), `step_map` (same length; the appended pads count as decoded after every real token) and
@@ -46,6 +50,27 @@ def _int_list(record, key, where):
     return value
 
 
+def _positive_int(record, key, where):
+    value = record.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise RecordError(f"{where}: '{key}' must be a positive integer, got {value!r}", f"bad {key}")
+    return value
+
+
+def check_step_map(step_map, prompt_len, block_size, steps_per_block, where):
+    """RecordError unless every step is one the decoder can produce: >= 1 always and, with S known, at
+    most S per block over the absolute-position blocks the response spans (global numbering)."""
+    low, high = min(step_map), max(step_map)
+    if low < 1:
+        raise RecordError(f"{where}: step_map has the value {low}; decoding steps start at 1", "impossible step_map")
+    if steps_per_block is not None:
+        blocks = -(-(prompt_len % block_size + len(step_map)) // block_size)
+        if high > steps_per_block * blocks:
+            raise RecordError(
+                f"{where}: step_map has the value {high} but the response spans {blocks} blocks of "
+                f"{steps_per_block} denoising steps (at most {steps_per_block * blocks})", "impossible step_map")
+
+
 def _finish(index, prompt_ids, response_ids, step_map, limits, stops, pad_id, where):
     """Length checks, truncation, post pads -> example dict."""
     max_prompt_len, max_gen_length, post_num = limits
@@ -65,8 +90,9 @@ def _finish(index, prompt_ids, response_ids, step_map, limits, stops, pad_id, wh
     }
 
 
-def rollout_example(record, index, tokenizer, limits, stops, where, prompt_cache):
-    """One rollout record (data/rename_key.py format) -> example; RecordError when invalid."""
+def rollout_example(record, index, tokenizer, limits, stops, where, prompt_cache, block_size):
+    """One rollout record (data/rename_key.py format) -> example; RecordError when invalid, DataError when
+    the record's rollout block size is not training.block_size."""
     prompt = record.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise RecordError(f"{where}: missing 'prompt' (the chat-templated rollout prompt)", "missing prompt")
@@ -80,11 +106,16 @@ def rollout_example(record, index, tokenizer, limits, stops, where, prompt_cache
             f"{where}: step_map has {len(step_map)} entries but response_ids has {len(response_ids)}",
             "step_map length mismatch",
         )
-    if min(step_map) < 0:
-        raise RecordError(f"{where}: step_map has a negative entry", "bad step_map")
+    rollout_block = _positive_int(record, "block_size", where)
+    if rollout_block is not None and rollout_block != block_size:
+        raise DataError(f"{where}: the rollout's block_size is {rollout_block} but training.block_size={block_size}; "
+                        "blocks, trace masks and the path loss must follow the decoder's blocks")
     if prompt not in prompt_cache:  # replicas share their prompt
         prompt_cache[prompt] = encode_prompt(tokenizer, prompt)
-    return _finish(index, prompt_cache[prompt], response_ids, step_map, limits, stops, tokenizer.pad_token_id, where)
+    prompt_ids = prompt_cache[prompt]
+    check_step_map(step_map, len(prompt_ids), block_size, _positive_int(record, "denoising_steps_per_block", where),
+                   where)
+    return _finish(index, prompt_ids, response_ids, step_map, limits, stops, tokenizer.pad_token_id, where)
 
 
 def sft_example(item, index, tokenizer, limits, stops, where, data_type, target_fields):
@@ -102,19 +133,28 @@ def sft_example(item, index, tokenizer, limits, stops, where, data_type, target_
     return _finish(index, prompt_ids, response_ids, steps, limits, stops, tokenizer.pad_token_id, where)
 
 
+def read_training_records(path):
+    """utils.io.read_records with a one-line error for a file that is not UTF-8 text."""
+    try:
+        return read_records(path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                        "expected a JSON list or JSONL file") from None
+
+
 def load_examples(path, tokenizer, *, max_prompt_len, max_gen_length, post_num, skip_invalid, kind="rollout",
-                  data_type="math", target_fields=("solution", "answer"), log=print):
+                  data_type="math", target_fields=("solution", "answer"), block_size=4, log=print):
     """Read and validate every record of `path`. Invalid records raise a one-line DataError naming the
     record, or with skip_invalid are counted, skipped and summarised. Returns a list of examples."""
     path = Path(path)
-    records = read_records(path)
+    records = read_training_records(path)
     limits, stops, cache = (max_prompt_len, max_gen_length, post_num), set(stop_token_ids(tokenizer)), {}
     examples, skipped, truncated = [], Counter(), 0
     for i, record in enumerate(records):
         where = f"{path}: record {i}"
         try:
             if kind == "rollout":
-                ex = rollout_example(record, i, tokenizer, limits, stops, where, cache)
+                ex = rollout_example(record, i, tokenizer, limits, stops, where, cache, block_size)
             else:
                 ex = sft_example(record, i, tokenizer, limits, stops, where, data_type, target_fields)
         except RecordError as err:
@@ -130,6 +170,11 @@ def load_examples(path, tokenizer, *, max_prompt_len, max_gen_length, post_num, 
     if truncated:
         summary += f"; truncated {truncated} responses to training.max_gen_length={max_gen_length}"
     log(summary)
+    unchecked = sum("block_size" not in r for r in records) if kind == "rollout" else 0
+    if unchecked:
+        log(f"WARNING: {unchecked} of {len(records)} records in {path.name} do not say their rollout block_size "
+            f"(older or original-project rollouts): training.block_size={block_size} could not be checked against "
+            "the decoder that produced them")
     if not examples:
         raise DataError(f"{path}: no usable records ({summary})")
     return examples

@@ -5,8 +5,9 @@ and resume; the trainer passes `micro_step(model, batch, epoch) -> (loss, parts)
 micro-batch's loss (and scalar parts to log), and an optional `on_epoch_end(epoch)` hook.
 """
 import math
-import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -14,7 +15,8 @@ from torch.utils.data import DataLoader
 from train import checkpoints as ck
 from train.data import Collate, EpochShuffle, ExampleDataset
 from train.optim import learning_rate, make_optimizer, make_scheduler
-from train.runtime import TrainingError
+from train.runtime import TrainingError, start_tracker
+from utils.config import save_config
 
 SUMMED = ("tokens",)  # logged as totals over the step; every other part is a mean over micro-batches
 
@@ -46,16 +48,33 @@ def stop_if_not_finite(accelerator, loss, step):
         raise TrainingError(f"non-finite loss at optimizer step {step}; stopped without saving this step")
 
 
-def _fresh_start(accelerator, root, name):
-    """A new run in an existing run dir drops the earlier run's resume states and step checkpoints."""
+@dataclass
+class Run:
+    root: Path
+    state: Path = None  # the state to resume from; None = fresh start
+    fingerprint: dict = None  # main process only: written into every resume state's manifest
+
+
+def open_run(cfg, accelerator, root, data_path, model_dir):
+    """Before anything is written: resume or start fresh (decided and announced by the main process, see
+    checkpoints.choose_start), then the resolved config and the tracker."""
+    from accelerate.utils import broadcast_object_list
+
+    fingerprint, decision = None, ["fresh", None]
     if accelerator.is_main_process:
-        stale = [root / "state"] + list((root / "ckpt").glob(f"{name}-step*"))
-        stale = [p for p in stale if p.exists()]
-        if stale:
-            accelerator.print(f"fresh start: removing {len(stale)} state/checkpoint dirs of an earlier run in {root}")
-        for p in stale:
-            shutil.rmtree(p, ignore_errors=True)
-    accelerator.wait_for_everyone()
+        try:
+            fingerprint = ck.run_fingerprint(cfg, data_path, model_dir, accelerator.num_processes)
+            state = ck.choose_start(cfg, root, fingerprint, accelerator.print)
+            decision = ["resume", str(state)] if state else ["fresh", None]
+        except (TrainingError, OSError) as err:  # every rank stops, with the main process's line
+            decision = ["error", str(err)]
+    decision = broadcast_object_list(decision)
+    if decision[0] == "error":
+        raise TrainingError(decision[1])
+    if accelerator.is_main_process:
+        save_config(cfg, root)
+    start_tracker(accelerator, cfg, root)
+    return Run(Path(root), Path(decision[1]) if decision[1] else None, fingerprint)
 
 
 def _prepare(cfg, accelerator, model, tokenizer, examples, extra_state):
@@ -76,34 +95,32 @@ def _prepare(cfg, accelerator, model, tokenizer, examples, extra_state):
     return model, optimizer, loader, scheduler, loop, total_steps
 
 
-def _resume_or_start(cfg, accelerator, root, loop):
-    if accelerator.is_main_process:
-        ck.clean_temporaries(root)
-    accelerator.wait_for_everyone()
-    spec = cfg.training.resume_from_checkpoint or (None if cfg.experiment.start_from_scratch else "latest")
-    state = ck.find_state(root, spec)
-    if state is not None:
-        accelerator.load_state(str(state))
-        accelerator.print(f"resumed from {state}: step {loop.global_step}, epoch {loop.epoch + 1}")
-    else:
-        _fresh_start(accelerator, root, str(cfg.model.optimized_name))
-    return ck.MetricsLog(root / "metrics.jsonl", accelerator.is_main_process, loop.global_step if state else None)
+def _resume_or_start(accelerator, run, loop, epochs):
+    if run.state is None:
+        accelerator.print(f"fresh start in {run.root}")
+        return ck.MetricsLog(run.root / "metrics.jsonl", accelerator.is_main_process, log=accelerator.print)
+    accelerator.load_state(str(run.state))
+    accelerator.print(f"resuming from {run.state}: step {loop.global_step}, epoch {loop.epoch + 1} of {epochs} "
+                      "(experiment.start_from_scratch=true starts over instead)")
+    return ck.MetricsLog(run.root / "metrics.jsonl", accelerator.is_main_process, loop.global_step, log=accelerator.print)
 
 
-def fit(cfg, accelerator, root, model, tokenizer, examples, micro_step, *, extra_state=(), on_epoch_end=None):
+def fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, *, extra_state=(), on_epoch_end=None):
+    """Train from `run` (open_run); returns the model. The final model goes to <run dir>/ckpt/<name>."""
     from tqdm.auto import tqdm
 
     exp, name, epochs = cfg.experiment, str(cfg.model.optimized_name), int(cfg.training.num_train_epochs)
+    root = run.root
     model, optimizer, loader, scheduler, loop, total_steps = _prepare(
         cfg, accelerator, model, tokenizer, examples, extra_state)
-    metrics = _resume_or_start(cfg, accelerator, root, loop)
+    metrics = _resume_or_start(accelerator, run, loop, epochs)
     accum, n_batches = accelerator.gradient_accumulation_steps, len(loader)
     clip = float(exp.max_grad_norm) if exp.gradient_clipping else math.inf
 
     def checkpoint():
         step = loop.global_step
         ck.save_model(accelerator, model, tokenizer, cfg, root / "ckpt" / f"{name}-step{step}")
-        ck.save_state(accelerator, root / "state" / f"step-{step}")
+        ck.save_state(accelerator, model, root / "state" / f"step-{step}", run.fingerprint, step)
         if accelerator.is_main_process:
             ck.prune(root / "ckpt", rf"{name}-step(\d+)", exp.checkpoints_total_limit)
             ck.prune(root / "state", r"step-(\d+)", exp.checkpoints_total_limit)

@@ -3,12 +3,14 @@
 The training config is the source of truth for accumulation, clipping and precision; the accelerate
 YAML chooses the topology (processes, DDP or DeepSpeed and its ZeRO stage).
 """
+import math
 import os
 import sys
 import uuid
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 import utils.cli  # noqa: F401,E402  (process defaults shared by every entry script: DS_ACCELERATOR, WANDB_MODE, ...)
 from utils.checkpoint import REPO_ROOT
@@ -30,12 +32,27 @@ def run_dir(cfg):
     return (out if out.is_absolute() else REPO_ROOT / out) / str(cfg.experiment.project)
 
 
+def _number(cfg, key, low, high=math.inf, low_open=False, high_open=False):
+    """One-line ConfigError unless low <= cfg[key] <= high (strict at an open end) and finite."""
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        span = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
+        raise ConfigError(f"{key} must be a number in {span}, got {value!r}")
+
+
 def check_common(cfg):
     """Checks shared by the trainers; one-line ConfigErrors naming the key."""
     tr = cfg.training
-    for key in ("batch_size_lm", "gradient_accumulation_steps", "num_train_epochs", "block_size"):
+    for key in ("batch_size_lm", "gradient_accumulation_steps", "num_train_epochs", "block_size", "max_gen_length",
+                "max_prompt_len"):
         if int(tr[key]) < 1:
             raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
+    if int(tr.post_num) < 0:
+        raise ConfigError(f"training.post_num must be >= 0, got {tr.post_num}")
+    if tr.num_threads is not None and int(tr.num_threads) < 1:
+        raise ConfigError(f"training.num_threads must be null or >= 1, got {tr.num_threads}")
     if str(tr.mixed_precision) not in PRECISIONS:
         raise ConfigError(
             f"training.mixed_precision must be one of {', '.join(PRECISIONS)}, got '{tr.mixed_precision}'")
@@ -43,6 +60,31 @@ def check_common(cfg):
         raise ConfigError("training.max_grad_norm is an alias: set experiment.max_grad_norm instead")
     if str(cfg.dataset.data_type) not in DATA_TYPES:
         raise ConfigError(f"dataset.data_type must be one of {', '.join(DATA_TYPES)}, got '{cfg.dataset.data_type}'")
+    _number(cfg, "optimizer.params.learning_rate", 0, low_open=True)
+    _number(cfg, "optimizer.params.beta1", 0, 1, high_open=True)
+    _number(cfg, "optimizer.params.beta2", 0, 1, high_open=True)
+    _number(cfg, "optimizer.params.epsilon", 0, low_open=True)
+    _number(cfg, "optimizer.params.weight_decay", 0)
+    _number(cfg, "lr_scheduler.params.warmup_steps", 0)
+    _number(cfg, "lr_scheduler.params.min_lr_scale", 0, 1)
+    _number(cfg, "experiment.save_every_steps", 0)
+    if cfg.experiment.gradient_clipping:
+        _number(cfg, "experiment.max_grad_norm", 0, low_open=True)
+    if cfg.experiment.checkpoints_total_limit is not None:
+        _number(cfg, "experiment.checkpoints_total_limit", 1)
+    if cfg.experiment.start_from_scratch and tr.resume_from_checkpoint not in (None, ""):
+        raise ConfigError(f"experiment.start_from_scratch=true contradicts training.resume_from_checkpoint="
+                          f"{tr.resume_from_checkpoint}; set only one")
+
+
+def check_writable(root):
+    """The run dir can be created and written (checked before any work; nothing is created here)."""
+    root = Path(root)
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        raise TrainingError(f"experiment.output_dir: cannot create the run dir {root}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"experiment.output_dir: cannot write the run dir {root}: {existing} is read-only")
 
 
 def main_print(*args):
@@ -140,17 +182,23 @@ def start_tracker(accelerator, cfg, directory):
     )
 
 
+def _one_line(err):
+    if isinstance(err, OSError) and err.strerror:  # e.g. a full disk or a read-only file met while running
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def run_main(main, argv=None):
     """Run a trainer's main(argv) the way utils.cli runs the other stages: expected failures (config, data,
-    missing files, a non-finite loss) end as `<script>: error: <one line>` on stderr (rank 0) with exit
-    code 2; T3D_DEBUG=1 shows the traceback instead."""
+    missing or unwritable files, a non-finite loss) end as `<script>: error: <one line>` on stderr (rank 0)
+    with exit code 2; T3D_DEBUG=1 shows the traceback instead."""
     try:
         main(argv)
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
+    except (ConfigError, DataError, TrainingError, OSError) as err:
         if os.environ.get("T3D_DEBUG"):
             raise
         if os.environ.get("RANK", "0") == "0":
-            print(f"{os.path.basename(sys.argv[0]) or 't3d'}: error: {err}", file=sys.stderr)
+            print(f"{os.path.basename(sys.argv[0]) or 't3d'}: error: {_one_line(err)}", file=sys.stderr)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         sys.exit(2)

@@ -14,13 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from train.data import load_examples, resolve_data_path  # noqa: E402
-from train.loop import fit  # noqa: E402
+from train.loop import fit, open_run  # noqa: E402
 from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
 from train.runtime import (  # noqa: E402
-    check_common, main_print, make_accelerator, run_dir, run_main, setup_process, start_tracker, zero_stage,
+    check_common, check_writable, main_print, make_accelerator, run_dir, run_main, setup_process, zero_stage,
 )
 from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
-from utils.config import ConfigError, load_config, save_config  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
 
 
 def check_config(cfg):
@@ -77,12 +77,14 @@ def main(argv=None):
     cfg = load_config(argv)
     check_config(cfg)
     tr, root = cfg.training, run_dir(cfg)
+    check_writable(root)
     setup_process(cfg)
     path = resolve_checkpoint(cfg.model.pretrained_model)
     tokenizer = load_tokenizer(path)
+    data_path = resolve_data_path(cfg.dataset.optimization_data)
     examples = load_examples(
-        resolve_data_path(cfg.dataset.optimization_data), tokenizer, max_prompt_len=int(tr.max_prompt_len),
-        max_gen_length=int(tr.max_gen_length), post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records),
+        data_path, tokenizer, max_prompt_len=int(tr.max_prompt_len), max_gen_length=int(tr.max_gen_length),
+        post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records), block_size=int(tr.block_size),
         log=main_print,
     )
     # both models are loaded before the Accelerator exists: under ZeRO-3 a model loaded after it comes
@@ -93,9 +95,7 @@ def main(argv=None):
     ref = ref.to(accelerator.device)
     if tr.gradient_checkpointing_enable:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if accelerator.is_main_process:
-        save_config(cfg, root)
-    start_tracker(accelerator, cfg, root)
+    run = open_run(cfg, accelerator, root, data_path, path)
     special = set(tokenizer.all_special_ids)
     settings = T3DSettings(
         seed=int(tr.seed), block_size=int(tr.block_size), mask_id=tokenizer.mask_token_id,
@@ -108,7 +108,7 @@ def main(argv=None):
     refresh = None
     if tr.multi_round:
         refresh = round_refresher(accelerator, ref, int(tr.round_interval), int(tr.num_train_epochs))
-    fit(cfg, accelerator, root, model, tokenizer, examples,
+    fit(cfg, accelerator, run, model, tokenizer, examples,
         lambda m, batch, epoch: t3d_micro_step(m, ref, batch, epoch, settings),
         extra_state=(ref,), on_epoch_end=refresh)
 

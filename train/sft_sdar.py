@@ -12,11 +12,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.data import load_examples, resolve_data_path  # noqa: E402
-from train.loop import fit  # noqa: E402
+from train.loop import fit, open_run  # noqa: E402
 from train.objectives import sft_micro_step  # noqa: E402
-from train.runtime import check_common, make_accelerator, run_dir, run_main, setup_process, start_tracker  # noqa: E402
+from train.runtime import check_common, check_writable, make_accelerator, run_dir, run_main, setup_process  # noqa: E402
 from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
-from utils.config import ConfigError, load_config, save_config  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
 
 SOURCES = ("items", "rollouts")
 
@@ -40,26 +40,26 @@ def main(argv=None):
     check_common(cfg)
     if ds.source not in SOURCES:
         raise ConfigError(f"dataset.source must be one of {', '.join(SOURCES)}, got '{ds.source}'")
+    check_writable(root)
     setup_process(cfg)
     accelerator = make_accelerator(cfg, root)
     path = resolve_checkpoint(cfg.model.pretrained_model)
     tokenizer = load_tokenizer(path)
+    data_path = resolve_data_path(ds.optimization_data)
     examples = load_examples(
-        resolve_data_path(ds.optimization_data), tokenizer, max_prompt_len=int(tr.max_prompt_len),
+        data_path, tokenizer, max_prompt_len=int(tr.max_prompt_len),
         max_gen_length=int(tr.max_gen_length), post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records),
         kind="rollout" if ds.source == "rollouts" else "sft", data_type=str(ds.data_type),
-        target_fields=tuple(ds.target_fields), log=accelerator.print,
+        target_fields=tuple(ds.target_fields), block_size=int(tr.block_size), log=accelerator.print,
     )
     model = (scratch_model(cfg, tokenizer) if cfg.model.init_from_scratch else load_model(path, "fp32", "cpu")).train()
     accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
                       f" ({'from scratch' if cfg.model.init_from_scratch else path})")
     if tr.gradient_checkpointing_enable:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if accelerator.is_main_process:
-        save_config(cfg, root)
-    start_tracker(accelerator, cfg, root)
+    run = open_run(cfg, accelerator, root, data_path, path)
     seed, block, mask_id = int(tr.seed), int(tr.block_size), tokenizer.mask_token_id
-    fit(cfg, accelerator, root, model, tokenizer, examples,
+    fit(cfg, accelerator, run, model, tokenizer, examples,
         lambda m, batch, epoch: sft_micro_step(m, batch, epoch, seed, block, mask_id))
 
 
