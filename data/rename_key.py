@@ -13,8 +13,11 @@ given. Every replica becomes its own record (the reference kept only replica 0, 
      <per-replica rollout scalars that are present: extracted_output, response_length, nfe, finished, correctness>}
 
 `source_index` counts items across all inputs in the order given. A dataset field whose name clashes
-with a record key is kept as `original_<name>`. Invalid replicas are dropped and counted by reason
-(`--strict` makes the first one an error); an empty result is an error and leaves no output file.
+with a record key is kept as `original_<name>`. The rollout's settings `block_size`,
+`denoising_steps_per_block` and `remasking_strategy` are copied into every record (training checks them).
+Invalid replicas are dropped and counted by reason (`--strict` makes the first one an error), among them
+a step_map value no decoding can produce: < 1, or, with the settings known, more than S steps per block
+over the blocks the response can span; an empty result is an error and leaves no output file.
 """
 import argparse
 import sys
@@ -31,14 +34,31 @@ PER_REPLICA = ("full_output", "response_ids", "step_map", "extracted_output", "r
                "correctness", "execution_result")
 CARRIED_PER_REPLICA = ("extracted_output", "response_length", "nfe", "finished", "correctness", "execution_result")
 RECORD_KEYS = ("question", "prompt", "answer", "response_ids", "step_map", "source_index", "replica")
+ROLLOUT_SETTINGS = ("block_size", "denoising_steps_per_block", "remasking_strategy")  # item-level, copied as is
 
 
 def _int_list(value):
     return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-def replica_problem(question, prompt, answer, response_ids, step_map):
-    """The reason a replica cannot be trained on, or None."""
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def steps_problem(step_map, block_size, steps_per_block):
+    """Why a step_map cannot come from the decoder, or None. Steps are numbered globally from 1 and a block
+    takes at most S of them; without the prompt, a response of n tokens spans at most ceil((n + B - 1) / B)
+    blocks (its first block may hold up to B - 1 prompt tokens)."""
+    if min(step_map) < 1:
+        return "step_map value < 1"
+    if _positive_int(block_size) and _positive_int(steps_per_block):
+        if max(step_map) > steps_per_block * -(-(len(step_map) + block_size - 1) // block_size):
+            return "step_map value > the steps its blocks allow"
+    return None
+
+
+def replica_problem(question, prompt, answer, response_ids, step_map, settings=None):
+    """The reason a replica cannot be trained on, or None. `settings`: the item's rollout settings."""
     if not isinstance(question, str) or not question.strip():
         return "question missing or empty"
     if not isinstance(prompt, str):
@@ -51,7 +71,11 @@ def replica_problem(question, prompt, answer, response_ids, step_map):
         return "step_map missing or not ints"
     if len(step_map) != len(response_ids):
         return "step_map length != response_ids length"
-    return None
+    settings = settings or {}
+    for key in ("block_size", "denoising_steps_per_block"):
+        if settings.get(key) is not None and not _positive_int(settings[key]):
+            return f"{key} not a positive integer"
+    return steps_problem(step_map, settings.get("block_size"), settings.get("denoising_steps_per_block"))
 
 
 def _at(values, r):
@@ -62,14 +86,14 @@ def item_records(item, source_index):
     """Yield (record or None, drop reason or None) for every replica of one rollout item."""
     lists = [item.get(k) for k in ("full_output", "response_ids", "step_map")]
     n_replicas = max((len(v) for v in lists if isinstance(v, list)), default=1)
-    base = {}
-    for key, value in item.items():
+    settings, base = {k: item.get(k) for k in ROLLOUT_SETTINGS}, {}
+    for key, value in item.items():  # dataset fields and the rollout settings, copied into every record
         if key in PER_REPLICA or key == "prompt":
             continue
         base[f"original_{key}" if key in RECORD_KEYS and key != "question" else key] = value
     for r in range(n_replicas):
         answer, ids, steps = (_at(v, r) for v in lists)
-        reason = replica_problem(item.get("question"), item.get("prompt"), answer, ids, steps)
+        reason = replica_problem(item.get("question"), item.get("prompt"), answer, ids, steps, settings)
         if reason:
             yield None, reason
             continue
@@ -87,7 +111,12 @@ def convert(inputs, strict=False):
     """Rollout files -> (records, number of items, Counter of drop reasons). Raises DataError."""
     records, dropped, n_items = [], Counter(), 0
     for path in inputs:
-        for i, item in enumerate(read_records(path)):
+        try:
+            items = read_records(path)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                            "expected a JSON list or JSONL file") from None
+        for i, item in enumerate(items):
             for r, (record, reason) in enumerate(item_records(item, n_items)):
                 if reason:
                     if strict:
@@ -132,8 +161,14 @@ def main(argv=None):
     except DataError as err:
         print(f"rename_key.py: error: {err}", file=sys.stderr)
         return 1
+    try:
+        atomic_write_json(output, records, indent=None)  # compact: records carry long id lists
+    except OSError as err:  # a file in the way, no permission, a full disk: the temp file is gone
+        reason = err.strerror or type(err).__name__
+        print(f"rename_key.py: error: cannot write {output}: {reason}"
+              f"{f' ({err.filename})' if err.filename and str(err.filename) != str(output) else ''}", file=sys.stderr)
+        return 1
     print(summary(len(records), n_items, dropped))
-    atomic_write_json(output, records, indent=None)  # compact: records carry long id lists
     print(f"wrote {output}")
     return 0
 

@@ -117,6 +117,28 @@ def test_rename_key_malformed_input(tmp_path, capsys, text, message):
     assert err.startswith(f"rename_key.py: error: {src}: {message}") and "\n" not in err
 
 
+def test_rename_key_copies_rollout_settings_and_drops_impossible_step_maps(tmp_path, capsys):
+    settings = {"block_size": 4, "denoising_steps_per_block": 2, "remasking_strategy": "low_confidence_static"}
+    # 5 tokens span at most ceil((5 + 3) / 4) = 2 blocks -> steps 1..4 possible
+    items = [{"question": "Q0", "prompt": "P0", "full_output": ["a", "b", "c"], **settings,
+              "response_ids": [[1, 2, 3, 4, 5]] * 3, "step_map": [[1, 1, 2, 3, 4], [0, 1, 2, 3, 4], [1, 1, 2, 3, 5]]}]
+    src, out = tmp_path / "r.json", tmp_path / "out.json"
+    src.write_text(json.dumps(items))
+    assert rename_key.main(["--input", str(src), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "kept 1 records from 1 items; dropped 2: step_map value < 1: 1, step_map value > the steps its blocks allow: 1")
+    (record,) = json.loads(out.read_text())
+    assert {k: record[k] for k in settings} == settings and record["step_map"] == [1, 1, 2, 3, 4]
+    assert rename_key.main(["--input", str(src), "--output", str(out), "--strict"]) == 1
+    assert capsys.readouterr().err.strip() == f"rename_key.py: error: {src}: item 0 replica 1: step_map value < 1"
+    # without the settings (older rollouts) only >= 1 is checked
+    for key in settings:
+        items[0].pop(key)
+    src.write_text(json.dumps(items))
+    assert rename_key.main(["--input", str(src), "--output", str(out)]) == 0
+    assert [r["replica"] for r in json.loads(out.read_text())] == [0, 2]
+
+
 # ---------------------------------------------------------------- synthetic_math
 
 def test_synthetic_items_are_deterministic_and_prefix_stable():
