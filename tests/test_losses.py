@@ -82,7 +82,12 @@ def test_masked_ce_matches_cross_entropy_on_masked_positions():
     targets = torch.randint(0, 7, (2, 5), generator=g)
     masked = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 1, 0]]).bool()
     want = F.cross_entropy(logits[masked], targets[masked])
-    assert losses.masked_ce(logits, targets, masked).item() == pytest.approx(want.item(), rel=1e-6)
+    target_logp = losses.token_logp(torch.log_softmax(logits, -1), targets)
+    assert losses.masked_ce(target_logp, masked).item() == pytest.approx(want.item(), rel=1e-6)
+    # hand-checked: mean of -log p over the masked positions only; nothing masked -> 0
+    logp = torch.tensor([[-1.0, -2.0, -4.0]])
+    assert losses.masked_ce(logp, torch.tensor([[True, False, True]])).item() == 2.5
+    assert losses.masked_ce(logp, torch.zeros(1, 3, dtype=torch.bool)).item() == 0.0
 
 
 def _tiny_batch(tokenizer, n=4, length=9, prompt_len=6, seed=0):

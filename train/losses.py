@@ -61,7 +61,7 @@ def path_loss(nll, rank, real, k_steps, block_size):
     return (sums[nonempty] / counts[nonempty]).mean()
 
 
-def masked_ce(logits, targets, masked):
-    """Mean cross-entropy over the masked positions of the whole micro-batch (SFT objective)."""
-    nll = -token_logp(torch.log_softmax(logits.float(), -1), targets)
-    return (nll * masked).sum() / masked.sum().clamp(min=1)
+def masked_ce(target_logp, masked):
+    """Mean cross-entropy over the masked positions of the whole micro-batch (SFT objective), from
+    log p(target) [b, L] (`train.token_logprobs`)."""
+    return (-target_logp * masked).sum() / masked.sum().clamp(min=1)

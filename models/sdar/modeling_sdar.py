@@ -317,10 +317,14 @@ class SDARForCausalLM(SDARPreTrainedModel):
         commit_kv: int = 0,
         logits_to_keep: Union[int, slice, torch.Tensor] = 0,
         output_hidden_states: bool = False,
+        head_fn=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits at position i predict token i (no shift). `labels` (-100 = ignore) give a plain CE loss.
-        `logits_to_keep`: int n keeps the last n positions (0 = all), a slice or index tensor selects positions."""
+        `logits_to_keep`: int n keeps the last n positions (0 = all), a slice or index tensor selects positions.
+        `head_fn(hidden [b, n, H], lm_head)`: replaces `lm_head(hidden)` on the kept positions; its result is
+        returned as `head_output` (logits None). It runs here, inside the wrapped model's forward, so DeepSpeed
+        ZeRO-3 gathers `lm_head` whenever head_fn calls it (e.g. chunk by chunk: train/token_logprobs.py)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -332,6 +336,10 @@ class SDARForCausalLM(SDARPreTrainedModel):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        if head_fn is not None:
+            out = CausalLMOutputWithPast(past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states)
+            out["head_output"] = head_fn(hidden_states[:, keep], self.lm_head)
+            return out
         logits = self.lm_head(hidden_states[:, keep])
         loss = None
         if labels is not None:

@@ -1,0 +1,210 @@
+"""The chunked-head objectives equal the full-logits ones (kept here as the oracle) in loss and every gradient."""
+import copy
+import math
+
+import pytest
+import torch
+
+from models.sdar import SDARConfig, SDARForCausalLM
+from train import losses, noising
+from train import token_logprobs as tlp
+from train.objectives import T3DSettings, noisy_logits, sft_micro_step, t3d_micro_step
+
+
+# ------------------------------------------------------------------ oracle: the full-logits objectives as they were
+
+def full_logits_t3d_micro_step(model, ref_model, batch, epoch, s):
+    noise = noising.t3d_noise(batch, epoch, s.seed, s.block_size, s.mask_id, s.mask_strategy, s.mask_ratios,
+                              s.mask_ratio_exponent, s.random_ratio, s.vocab_ids)
+    real, masked = batch["response_ids"], noise["masked"]
+    with torch.no_grad():
+        ref_logits = noisy_logits(ref_model, batch, noise["noisy"], s.block_size)
+        u = noising.uniform(s.seed, epoch, noising.FAKE_SAMPLE, batch["index"], real.shape[1])
+        fake = losses.fake_tokens(ref_logits, s.reference_temp, u)
+        ref_logp = torch.log_softmax(ref_logits.float(), -1)
+        ref_real = losses.masked_mean(losses.token_logp(ref_logp, real), masked)
+        ref_fake = losses.masked_mean(losses.token_logp(ref_logp, fake), masked)
+    logp = torch.log_softmax(noisy_logits(model, batch, noise["noisy"], s.block_size).float(), -1)
+    tok_real = losses.token_logp(logp, real)
+    ddo, ddo_real, ddo_fake = losses.ddo_loss(
+        losses.masked_mean(tok_real, masked), ref_real, losses.masked_mean(losses.token_logp(logp, fake), masked),
+        ref_fake, s.alpha, s.beta)
+    real_pos = torch.arange(real.shape[1])[None] < batch["real_len"][:, None]
+    path = losses.path_loss(-tok_real, noise["rank"], real_pos, s.path_k_steps, s.block_size)
+    loss = ddo + s.lambda_path * path
+    return loss, {"loss": loss, "ddo_real": ddo_real, "ddo_fake": ddo_fake, "path": path}
+
+
+def full_logits_sft_micro_step(model, batch, epoch, seed, block_size, mask_id):
+    noise = noising.sft_noise(batch, epoch, seed, block_size, mask_id)
+    logits = noisy_logits(model, batch, noise["noisy"], block_size)
+    logp = losses.token_logp(torch.log_softmax(logits.float(), -1), batch["response_ids"])
+    return losses.masked_ce(logp, noise["masked"])
+
+
+# ------------------------------------------------------------------ helpers
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Exact comparisons in one thread: with several, BLAS may split the head's vocabulary-long reduction
+    (grad of the hidden states) differently for a chunk than for the whole matrix (measured 3e-6 relative
+    with 2 threads at V = 151,936) -- a rounding difference, not a different computation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_model(vocab, hidden=32, layers=1, tie=False, seed=0):
+    config = SDARConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                        tie_word_embeddings=tie, pad_token_id=0, mask_token_id=vocab - 1, block_size=4)
+    torch.manual_seed(seed)
+    model = SDARForCausalLM(config)
+    with torch.no_grad():  # a spread-out output distribution: fake tokens differ from argmax ties, logp far from uniform
+        model.lm_head.weight.normal_(0, 0.5)
+    return model
+
+
+def batch_of(vocab, n=3, prompt=5, length=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    real_len = torch.tensor([length, length - 3, length - 1])[:n]
+    return {
+        "index": torch.arange(n) + 7,
+        "prompt_ids": torch.randint(1, vocab - 1, (n, prompt), generator=g),
+        "prompt_len": torch.tensor([prompt, prompt - 2, prompt - 1])[:n],
+        "response_ids": torch.randint(1, vocab - 1, (n, length), generator=g),
+        "response_len": torch.full((n,), length),
+        "real_len": real_len,
+        "step_map": torch.stack([torch.randperm(length, generator=g) + 1 for _ in range(n)]),
+    }
+
+
+def settings(vocab, budget_positions, **kw):
+    return T3DSettings(seed=3, block_size=4, mask_id=vocab - 1, vocab_ids=torch.arange(1, vocab - 1),
+                       mask_ratios=(1.0, 0.5), mask_ratio_exponent=1.0, random_ratio=0.2, path_k_steps=2,
+                       logits_budget_bytes=budget_positions * vocab * 4, **kw)
+
+
+def loss_and_grads(step, model):
+    model.zero_grad(set_to_none=True)
+    loss, parts = step(model)
+    loss.backward()
+    return {k: v.item() for k, v in parts.items() if k in ("loss", "ddo_real", "ddo_fake", "path")}, \
+        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same(new, old, tol):
+    """Parts within tol; each gradient within tol x max(1, its largest entry): chunks sum the head's gradient
+    in another order, and fp32 resolves only ~6e-8 of an entry's magnitude."""
+    (parts_new, grads_new), (parts_old, grads_old) = new, old
+    for k in parts_old:
+        assert parts_new[k] == pytest.approx(parts_old[k], abs=tol, rel=0), k
+    assert grads_new.keys() == grads_old.keys()
+    for n in grads_old:
+        scale = max(1.0, grads_old[n].abs().max().item())
+        assert (grads_new[n] - grads_old[n]).abs().max().item() <= tol * scale, n
+
+
+# ------------------------------------------------------------------ unit behaviour
+
+def test_chunk_positions_from_budget():
+    assert tlp.chunk_positions(151936, 32 * 2**20) == 55  # 55 * 151936 * 4 = 31.9 MiB
+    assert tlp.chunk_positions(448, 448 * 4 * 7) == 7
+    assert tlp.chunk_positions(448, 448 * 4 * 7 + 1) == 7
+    assert tlp.chunk_positions(151936, 1) == 1  # never zero
+
+
+def test_token_logprobs_hand_checked_and_gradient_matches_log_softmax():
+    head = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    hidden = torch.tensor([[[1.0, 2.0], [0.0, 0.0]]], requires_grad=True)  # logits [1, 2, 3], [0, 0, 0]
+    tokens = torch.tensor([[[2, 0], [1, 1]]])
+    out = tlp.token_logprobs(tokens, budget_bytes=3 * 4)(hidden, head)  # one position per chunk
+    lse = math.log(math.e + math.e**2 + math.e**3)
+    assert out.flatten().tolist() == pytest.approx([3 - lse, 1 - lse, -math.log(3), -math.log(3)], abs=1e-6)
+    weights = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]])
+    (out * weights).sum().backward()
+    grad_h, grad_w = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    oracle = torch.log_softmax(head(hidden).float(), -1).gather(-1, tokens)
+    (oracle * weights).sum().backward()
+    assert torch.allclose(grad_h, hidden.grad, atol=1e-6) and torch.allclose(grad_w, head.weight.grad, atol=1e-6)
+
+
+def test_reference_choice_equals_full_tensor_argmax_and_sample():
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(2, 7, 8, generator=g) * 3
+    real = torch.randint(0, 50, (2, 7), generator=g)
+    u = torch.rand(2, 7, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        logits = head(hidden)
+        logp = torch.log_softmax(logits, -1)
+        for temperature in (0.0, 0.7):
+            fake, both = tlp.reference_choice(real, temperature, u, budget_bytes=3 * 50 * 4)(hidden, head)
+            assert torch.equal(fake, losses.fake_tokens(logits, temperature, u))
+            want = torch.stack([losses.token_logp(logp, real), losses.token_logp(logp, fake)], -1)
+            assert torch.allclose(both, want, atol=1e-6, rtol=0)
+        assert not torch.equal(fake, logits.argmax(-1))  # the sample is not the argmax here
+
+
+# ------------------------------------------------------------------ the objectives equal the oracle
+
+@pytest.mark.parametrize("strategy, temperature, lambda_path", [
+    ("trace", 0.0, 0.2), ("trace", 0.8, 0.0), ("random", 0.0, 0.0), ("random", 0.8, 0.2)])
+def test_t3d_step_equals_full_logits_on_the_tiny_model(tiny, strategy, temperature, lambda_path):
+    base, tokenizer = tiny
+    vocab = base.config.vocab_size
+    model, ref = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
+    with torch.no_grad():  # target != reference, so the DDO terms and their gradients are not at a symmetric point
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    batch = batch_of(vocab)
+    s = settings(vocab, 7, mask_strategy=strategy, reference_temp=temperature, lambda_path=lambda_path)
+    new = loss_and_grads(lambda m: t3d_micro_step(m, ref, batch, 1, s), model)
+    old = loss_and_grads(lambda m: full_logits_t3d_micro_step(m, ref, batch, 1, s), model)
+    assert_same(new, old, 1e-6)
+    assert new[0]["loss"] != pytest.approx(math.log(2) * (1 + s.alpha), abs=1e-3)
+
+
+@pytest.mark.parametrize("temperature, lambda_path", [(0.0, 0.2), (1.0, 0.0)])
+def test_t3d_step_equals_full_logits_at_the_real_vocabulary(temperature, lambda_path):
+    vocab = 151936
+    model = random_model(vocab, tie=False, seed=1).train()
+    ref = random_model(vocab, tie=False, seed=2).eval()
+    batch = batch_of(vocab, seed=1)
+    s = settings(vocab, 8, reference_temp=temperature, lambda_path=lambda_path)
+    new = loss_and_grads(lambda m: t3d_micro_step(m, ref, batch, 0, s), model)
+    old = loss_and_grads(lambda m: full_logits_t3d_micro_step(m, ref, batch, 0, s), model)
+    assert_same(new, old, 1e-6)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_sft_step_equals_full_logits(tie):
+    vocab = 500
+    model = random_model(vocab, tie=tie, seed=3).train()
+    batch = batch_of(vocab, seed=2)
+    budget = 5 * vocab * 4  # 5 positions per chunk: the 30 positions in 6 chunks
+    new = loss_and_grads(lambda m: (lambda l: (l, {"loss": l}))(
+        sft_micro_step(m, batch, 2, 11, 4, vocab - 1, logits_budget_bytes=budget)[0]), model)
+    old = loss_and_grads(lambda m: (lambda l: (l, {"loss": l}))(
+        full_logits_sft_micro_step(m, batch, 2, 11, 4, vocab - 1)), model)
+    assert_same(new, old, 1e-6)
+    assert ("lm_head.weight" in new[1]) == (not tie)
+
+
+def test_bf16_step_matches_full_logits_to_bf16_rounding():
+    vocab = 300
+    model = random_model(vocab, hidden=32, seed=4).to(torch.bfloat16).train()
+    ref = random_model(vocab, hidden=32, seed=5).to(torch.bfloat16).eval()
+    batch = batch_of(vocab, seed=3)
+    s = settings(vocab, 4, reference_temp=0.5)
+    new = loss_and_grads(lambda m: t3d_micro_step(m, ref, batch, 0, s), model)
+    old = loss_and_grads(lambda m: full_logits_t3d_micro_step(m, ref, batch, 0, s), model)
+    for k in old[0]:  # log-probs are fp32 in both; only bf16 logits/matmuls can round differently
+        assert new[0][k] == pytest.approx(old[0][k], rel=1e-3), k
+    for n in old[1]:
+        scale = old[1][n].float().abs().max().item()
+        assert (new[1][n].float() - old[1][n].float()).abs().max().item() <= 2e-2 * scale + 1e-6, n
