@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from utils.checkpoint import REPO_ROOT  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.evaluation import run_eval_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_main(run_eval_job)
+    run_main(run_eval_job, default_config=REPO_ROOT / "configs" / "eval.yaml")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.checkpoint import REPO_ROOT  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.rollout import run_rollout_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_main(run_rollout_job)
+    run_main(run_rollout_job, default_config=REPO_ROOT / "configs" / "sdar_sample.yaml")

@@ -122,6 +122,12 @@ def test_bad_settings_are_rejected():
         DecodeConfig(strategy="default")
     with pytest.raises(ValueError, match="top_p"):
         DecodeConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="denoising_steps_per_block=5 exceeds block_size=4"):
+        DecodeConfig(block_size=4, steps_per_block=5)
+    with pytest.raises(ValueError, match="temperature"):
+        DecodeConfig(temperature=float("nan"))
+    with pytest.raises(ValueError, match="dynamic_threshold"):
+        DecodeConfig(dynamic_threshold=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -89,7 +90,8 @@ def test_metrics_of_a_fixed_run_equal_hand_computed_values(tmp_path, tiny_dir, t
     assert m["tokens_per_second"] == pytest.approx(sum(lengths) / m["decode_seconds"])
     assert m["setting"] == "S=1" and m["block_size"] == 4 and m["batch_forwards"] == 7
 
-    run_dir = tmp_path / "out/eval/results" / f"{tiny_dir.name}-toy"
+    run_dir = tmp_path / "out/eval/results" / f"{tiny_dir.name}-toy" / "B4-S1-low_confidence_static-T0.1-len8-k2-seed0"
+    assert m["run_dir"] == str(run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "items.jsonl", "metrics.json", "metrics.md"]
     assert json.loads((run_dir / "metrics.json").read_text()) == m
     assert "| accuracy | 0.5000 |" in (run_dir / "metrics.md").read_text()
@@ -117,10 +119,11 @@ def test_sweep_over_checkpoints_and_settings_writes_table_and_plot(tmp_path, tin
     tpf = [by["base", s]["tokens_per_forward"] for s in ("S=4", "S=2", "S=1")]
     assert tpf[0] < tpf[1] < tpf[2]
     for s in ("S=4", "S=2", "S=1", "τ=0.5"):  # same weights, same seed: identical results
-        assert {k: v for k, v in by["base", s].items() if "second" not in k and k != "checkpoint"} == \
-               {k: v for k, v in by["t3d", s].items() if "second" not in k and k != "checkpoint"}
+        assert {k: v for k, v in by["base", s].items() if "second" not in k and k not in ("checkpoint", "run_dir")} == \
+               {k: v for k, v in by["t3d", s].items() if "second" not in k and k not in ("checkpoint", "run_dir")}
     results = tmp_path / "out/eval/results"
-    assert (results / "base-toy/S4/metrics.json").is_file() and (results / "t3d-toy/tau0.5/items.jsonl").is_file()
+    assert (results / "base-toy/B4-S4-low_confidence_static-T0-len8-k1-seed0/metrics.json").is_file()
+    assert (results / "t3d-toy/B4-S4-low_confidence_dynamic-tau0.5-T0-len8-k1-seed0/items.jsonl").is_file()
     sweep = results / "sweep-toy"
     table = (sweep / "sweep.md").read_text().splitlines()
     assert table[0] == "# toy: block size 4" and table[2].startswith("| checkpoint | setting | accuracy |")
@@ -150,18 +153,18 @@ def test_crashing_code_samples_do_not_stop_the_others(tmp_path, tiny_dir, tiny, 
     m = rows[0]
     assert m["accuracy"] == pytest.approx(3 / 8) and m["answer_rate"] == pytest.approx(6 / 8)
     assert m["pass@1"] == pytest.approx((1 / 4 + 2 / 4) / 2) and m["pass@4"] == 1.0
-    records = (tmp_path / "out/eval/results" / f"{tiny_dir.name}-code/items.jsonl").read_text().splitlines()
+    records = (Path(m["run_dir"]) / "items.jsonl").read_text().splitlines()
     assert [json.loads(r)["correct"] for r in records] == [True, False, False, False, False, False, True, True]
 
 
 @pytest.mark.parametrize("override, message", [
     ("evaluation.eval_dataset=NoSuchSet", "dataset 'NoSuchSet': no file"),
     ("evaluation.eval_dataset=/nonexistent/x.json", "x.json: file not found"),
-    ("evaluation.data_type=poetry", "unknown data_type 'poetry'"),
+    ("evaluation.data_type=poetry", "evaluation.data_type must be one of math, option, code, got 'poetry'"),
 ])
 def test_bad_dataset_and_data_type_are_one_line_errors(tmp_path, tiny_dir, override, message):
     data = write(tmp_path / "toy.json", MATH)
-    with pytest.raises(DataError, match=message) as err:
+    with pytest.raises((DataError, ConfigError), match=message) as err:
         run_eval_job(eval_cfg(tmp_path, tiny_dir, data, override))
     assert "\n" not in str(err.value)
 
@@ -220,5 +223,5 @@ def test_an_undecodable_item_counts_wrong_and_the_others_are_graded(tmp_path, ti
     m = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.max_token=950"))[0]
     assert (m["items"], m["failed_items"], m["accuracy"], m["answer_rate"]) == (3, 1, 2 / 3, 2 / 3)
     assert "item 2: prompt of" in capsys.readouterr().err
-    records = (tmp_path / "out/eval/results" / f"{tiny_dir.name}-toy/items.jsonl").read_text().splitlines()
+    records = (Path(m["run_dir"]) / "items.jsonl").read_text().splitlines()
     assert json.loads(records[2])["error"].startswith("item 2: prompt of") and not json.loads(records[2])["correct"]

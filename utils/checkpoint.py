@@ -1,8 +1,12 @@
-"""Find and load a checkpoint: a local directory (the embedded default included) or a hub id."""
+"""Find, check, fingerprint and load a checkpoint: a local directory (the embedded default included) or a hub id."""
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import torch
+
+from .io import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO_ROOT / "models" / "sdar-tiny"
@@ -10,6 +14,88 @@ MASK_TOKEN = "<|MASK|>"
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+
+
+class CheckpointError(DataError):
+    """A checkpoint directory that cannot be loaded as an SDAR model; one line naming the file."""
+
+
+# Files whose content determines a decode: the weights (plus the model config) and the tokenizer.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_FILES = ("config.json", "generation_config.json")
+TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "chat_template", "vocab", "merges")
+_FULL_HASH_BYTES = 64 << 20  # files up to this size are hashed whole
+_SAMPLES, _SAMPLE_BYTES = 64, 64 << 10  # larger ones: header + 64 strided 64 KiB samples + tail
+
+
+def _file_digest(path, h):
+    """Feed a content digest of one file into `h`: the whole file when small; else its size, the
+    safetensors header (tensor names, shapes, offsets), strided samples and the tail, so retrained
+    weights of the same shapes differ while an 8 GB checkpoint hashes in milliseconds (from page cache)."""
+    size = path.stat().st_size
+    h.update(f"{path.name}\0{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= _FULL_HASH_BYTES:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+            return
+        head = f.read(8)
+        header_len = int.from_bytes(head, "little") if path.suffix == ".safetensors" else 0
+        h.update(head + f.read(min(header_len, 100 << 20)))
+        for k in range(_SAMPLES + 1):
+            f.seek(min(k * (size // _SAMPLES), size - _SAMPLE_BYTES))
+            h.update(f.read(_SAMPLE_BYTES))
+
+
+def content_fingerprint(path):
+    """{"weights": hex, "tokenizer": hex}: content hashes of a checkpoint directory's weight and
+    tokenizer files (hub snapshots are directories too), used to refuse resuming across changed inputs."""
+    groups = {"weights": hashlib.sha256(), "tokenizer": hashlib.sha256()}
+    for file in sorted(Path(path).iterdir()):
+        if not file.is_file() or file.name.startswith("."):
+            continue
+        if file.suffix in WEIGHT_SUFFIXES or file.name in WEIGHT_FILES or file.name.endswith(".index.json"):
+            _file_digest(file, groups["weights"])
+        elif file.name.startswith(TOKENIZER_PREFIXES):
+            _file_digest(file, groups["tokenizer"])
+    return {name: h.hexdigest()[:16] for name, h in groups.items()}
+
+
+def check_checkpoint(path):
+    """Refuse, with one line naming the file, a directory that is not a loadable SDAR checkpoint:
+    config.json must be a JSON object with model_type 'sdar' and each safetensors file must be whole."""
+    path = Path(path)
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" at line {err.lineno} col {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{config_file}: not valid JSON{where}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    if config.get("model_type") != "sdar":
+        raise CheckpointError(f"{config_file}: model_type {config.get('model_type')!r} is not an SDAR "
+                              "block-diffusion model (expected 'sdar')")
+    for file in sorted(path.glob("*.safetensors")):
+        _check_safetensors(file)
+    return config
+
+
+def _check_safetensors(file):
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise CheckpointError(f"{file}: not a safetensors file (truncated or garbage header)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{file}: not a safetensors file (unreadable header)") from None
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+            and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2] if isinstance(header, dict) else []
+    if not ends or max(ends) != size - 8 - n:
+        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({size} bytes; the header "
+                              f"describes {8 + n + max(ends, default=0)})")
 
 
 def resolve_checkpoint(path_or_id):
@@ -39,10 +125,13 @@ def load_tokenizer(path):
     """AutoTokenizer with a guaranteed mask token (some SDAR tokenizers carry <|MASK|> but do not declare it)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({_first_line(err)})") from None
     if tokenizer.mask_token_id is None:
         if MASK_TOKEN not in tokenizer.get_vocab():
-            raise ValueError(f"{path}: tokenizer has no mask token and no {MASK_TOKEN} in its vocabulary")
+            raise CheckpointError(f"{path}: tokenizer has no mask token and no {MASK_TOKEN} in its vocabulary")
         tokenizer.mask_token = MASK_TOKEN
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -56,12 +145,24 @@ def stop_token_ids(tokenizer):
     return sorted(i for i in ids if i is not None)
 
 
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def load_model(path, dtype="fp32", device="cpu"):
+    """An SDAR model from a checkpoint directory; anything else is a one-line CheckpointError."""
     import models  # noqa: F401  (registers SDAR with the Auto classes)
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    check_checkpoint(path)
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise CheckpointError(f"dtype '{dtype}': expected one of {', '.join(DTYPES)}")
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: cannot load the model ({_first_line(err)})") from None
     return model.to(device).eval()
 
 

@@ -5,6 +5,8 @@ valid key), values keep the YAML's type (ints are accepted for floats; a null de
 anything), and `???` values are required. The resolved config is saved beside every output.
 """
 import difflib
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -46,10 +48,66 @@ def _type_name(v):
     return {list: "list", dict: "mapping"}.get(type(v), type(v).__name__)
 
 
-def load_config(argv=None):
-    """Parse `config=<yaml>` plus dotted overrides from argv (default sys.argv[1:])."""
+HELP_FLAGS = ("--help", "-h")
+_YAML_LINE = re.compile(r"^(?P<indent> *)(?P<key>[\w.-]+):(?P<value>[^#]*?)\s*(?P<comment>#.*)?$")
+
+
+def help_text(config_path=None, script=None):
+    """Usage plus every key of the YAML as a dotted `key=default  # comment` line (YAML comments kept)."""
+    script = script or os.path.basename(sys.argv[0]) or "script.py"
+    lines = [f"usage: {script} config=path.yaml [key=value ...]",
+             "",
+             "Merges the YAML with dotted overrides (e.g. rollout.temperature=0.5); an unknown key, a missing",
+             "required key or a value of the wrong type is an error. -h, --help: this text."]
+    if config_path is None:
+        return "\n".join(lines) + "\n"
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    lines += ["", f"keys of {path} (defaults; `???` = required):"]
+    stack = []  # (indent, key) of the enclosing mappings
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        match = _YAML_LINE.match(raw)
+        if not match:
+            comment = raw.strip()
+            if comment.startswith("#") and stack:  # a continued comment of the key above
+                lines.append(" " * 51 + comment)
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match["key"]))
+        value, comment = match["value"].strip(), match["comment"] or ""
+        if not value:  # a section
+            lines.append(f"  {'.'.join(k for _, k in stack)}:{'  ' + comment if comment else ''}")
+            continue
+        entry = f"  {'.'.join(k for _, k in stack)}={value}"
+        lines.append(f"{entry:<48} {comment}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def exit_if_help(argv=None, default_config=None):
+    """`--help`/`-h` anywhere in argv: print help for config= (if given) or the script's default config, exit 0."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    cli = OmegaConf.from_dotlist(argv)
+    if not any(arg in HELP_FLAGS for arg in argv):
+        return
+    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith("config=")]
+    print(help_text(given[-1] if given else default_config), end="")
+    sys.exit(0)
+
+
+def load_config(argv=None, default_config=None):
+    """Parse `config=<yaml>` plus dotted overrides from argv (default sys.argv[1:]); `--help` prints
+    help_text (for `default_config` when no config= is given) and exits 0."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    exit_if_help(argv, default_config)
+    bad = [arg for arg in argv if "=" not in arg]
+    if bad:
+        raise ConfigError(f"argument '{bad[0]}' is not key=value (usage: config=path.yaml key=value ...; --help lists the keys)")
+    try:
+        cli = OmegaConf.from_dotlist(argv)
+    except Exception as err:  # e.g. an unbalanced [ in a list value
+        raise ConfigError(f"cannot parse the command line: {str(err).splitlines()[0]}") from None
     if "config" not in cli:
         raise ConfigError("missing config=<path.yaml> on the command line")
     path = Path(str(cli.config))

@@ -50,8 +50,12 @@ class DecodeConfig:
             raise ValueError(f"remasking_strategy '{self.strategy}': expected one of {', '.join(STRATEGIES)}")
         if self.block_size < 1 or self.steps_per_block < 1 or self.max_new_tokens < 1:
             raise ValueError("block_size, denoising_steps_per_block and max_token must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if self.steps_per_block > self.block_size:  # would silently run as S = B
+            raise ValueError(f"denoising_steps_per_block={self.steps_per_block} exceeds block_size={self.block_size}")
+        if not self.temperature >= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if not 0 < self.dynamic_threshold <= 1:
+            raise ValueError("dynamic_threshold must be in (0, 1]")
         if not 0 <= self.random_init_ratio < 1:
             raise ValueError("random_init_ratio must be in [0, 1)")
 

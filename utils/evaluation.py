@@ -1,14 +1,18 @@
 """Few-step evaluation: decode with the shared rollout, grade, report accuracy beside decoding cost.
 
 One run evaluates every (checkpoint x decoding setting) of the config, loading each checkpoint once.
-Per evaluation it writes <output_dir>/<project>/results/<checkpoint>-<dataset>[/<setting>]/ with
+Per evaluation it writes <output_dir>/<project>/results/<checkpoint>-<dataset>/<settings>/ with
 metrics.json, metrics.md, items.jsonl (one line per replica) and config.yaml (the resolved config of that
-evaluation). With more than one evaluation it also writes results/sweep-<dataset>/ with sweep.json,
+evaluation); <settings> names every setting that changes the result (e.g. B4-S1-low_confidence_static-T0.1-
+len64-k1-seed0), so evaluations of other settings never replace each other; a finished result is only
+replaced by a rerun of the same settings (said on stderr when its weights or data changed). With more than one evaluation it also writes results/sweep-<dataset>/ with sweep.json,
 sweep.md and sweep.png (accuracy against tokens per forward, one line per checkpoint).
 Under `accelerate launch` decoding is split across processes; grading and writing happen on the main one.
 """
 import copy
 import gc
+import hashlib
+import json
 import os
 import re
 import sys
@@ -20,12 +24,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .checkpoint import REPO_ROOT
+from .checkpoint import REPO_ROOT, check_checkpoint, resolve_checkpoint
 from .config import ConfigError, save_config
 from .grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
-from .io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from .io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir
 from .prompting import DATA_TYPES
-from .rollout import decode_config, item_error, load_items, rollout, setup, summarize
+from .rollout import (check_checkpoint_path, check_job_config, decode_config, item_error, load_items,
+                      rollout, setup, summarize)
 
 DYNAMIC = "low_confidence_dynamic"
 
@@ -62,8 +67,10 @@ def _number_list(value, key, cast):
     value = _plain(value)
     if value is None:
         return None
-    if not isinstance(value, list) or not value or any(isinstance(v, (bool, str)) or v is None for v in value):
-        raise ConfigError(f"{key} must be a non-empty list of numbers (e.g. [4, 2, 1]) or null, got {value!r}")
+    kinds = (int,) if cast is int else (int, float)
+    if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, kinds) for v in value):
+        what = "integers (e.g. [4, 2, 1])" if cast is int else "numbers (e.g. [0.95, 0.9])"
+        raise ConfigError(f"{key} must be a non-empty list of {what} or null, got {value!r}")
     return [cast(v) for v in value]
 
 
@@ -73,10 +80,10 @@ def sweep_settings(cfg):
     strategy, tau = str(rollout_cfg.remasking_strategy), float(rollout_cfg.dynamic_threshold)
     steps = _number_list(cfg.sweep.denoising_steps, "sweep.denoising_steps", int)
     thresholds = _number_list(cfg.sweep.dynamic_thresholds, "sweep.dynamic_thresholds", float) or []
-    if steps is not None and any(s < 1 for s in steps):
-        raise ConfigError(f"sweep.denoising_steps must be positive, got {steps}")
-    if any(not 0 <= t <= 1 for t in thresholds):
-        raise ConfigError(f"sweep.dynamic_thresholds must lie in [0, 1], got {thresholds}")
+    if steps is not None and any(not 1 <= s <= int(rollout_cfg.block_size) for s in steps):
+        raise ConfigError(f"sweep.denoising_steps must lie in [1, rollout.block_size={rollout_cfg.block_size}], got {steps}")
+    if any(not 0 < t <= 1 for t in thresholds):
+        raise ConfigError(f"sweep.dynamic_thresholds must lie in (0, 1], got {thresholds}")
     out = [Setting(s, strategy, tau) for s in (steps or [int(rollout_cfg.denoising_steps_per_block)])]
     # The dynamic rule unmasks at least the static schedule's count, so S = B means "one or more per step".
     out += [Setting(int(rollout_cfg.block_size), DYNAMIC, t, "threshold") for t in thresholds]
@@ -112,7 +119,9 @@ def checkpoint_list(cfg):
         raise ConfigError(f"{key} must be a path, a list of paths or a mapping label -> path, got {spec!r}")
     if not entries:
         raise ConfigError(f"{key} is empty")
-    out = [(_label_of(label if label else (path or "sdar-tiny")), path) for label, path in entries]
+    for label, path in entries:  # an empty path would silently evaluate the embedded default
+        check_checkpoint_path(path, f"{key}" + (f" entry '{label}'" if label else ""))
+    out = [(_label_of(label if label else path), path) for label, path in entries]
     labels = [label for label, _ in out]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
@@ -230,6 +239,8 @@ def metrics_markdown(metrics):
     title = f"# {metrics['checkpoint']} on {metrics['dataset']} ({metrics['setting']}, block size {metrics['block_size']})"
     lines = [title, "", "| metric | value |", "|---|---:|"]
     for key, value in metrics.items():
+        if isinstance(value, dict):
+            continue  # settings and input fingerprints: in metrics.json
         if isinstance(value, float):
             value = f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
         lines.append(f"| {key} | {value} |")
@@ -295,7 +306,74 @@ def dataset_name(cfg):
     return Path(str(cfg.evaluation.eval_dataset)).stem
 
 
-def evaluate(cfg, state, model, tokenizer, stop_ids, items, *, label, setting, ckpt_path, run_dir, load_seconds=0.0):
+_NOT_RESULT_KEYS = ("max_active", "batch_size", "num_task_per_step", "tensor_parallel_size")  # batching only
+
+
+def result_settings(cfg, data_file, ckpt_path):
+    """Every setting that changes an evaluation's numbers, as {config key: value} (recorded in metrics.json)."""
+    r = cfg.rollout
+    out = {f"rollout.{key}": _plain(r[key]) for key in r if key not in _NOT_RESULT_KEYS}
+    if str(r.remasking_strategy) != DYNAMIC:
+        del out["rollout.dynamic_threshold"]  # unused by the static rule
+    out.update({
+        "evaluation.checkpoint_path": str(ckpt_path), "evaluation.eval_dataset": str(data_file),
+        "evaluation.data_type": str(cfg.evaluation.data_type), "evaluation.max_items": cfg.evaluation.max_items,
+        "execute.test_time_limit": _plain(cfg.execute.test_time_limit), "execute.memory_mb": int(cfg.execute.memory_mb),
+    })
+    return out
+
+
+def run_name(cfg):
+    """Readable directory name of an evaluation's settings, e.g. B4-S1-low_confidence_static-T0.1-len64-k1-seed0
+    (top-k, top-p, max_items, random init, think, dtype and stop strings appear only when set)."""
+    r = cfg.rollout
+    parts = [f"B{r.block_size}", f"S{r.denoising_steps_per_block}", str(r.remasking_strategy)]
+    if str(r.remasking_strategy) == DYNAMIC:
+        parts.append(f"tau{float(r.dynamic_threshold):g}")
+    parts.append(f"T{float(r.temperature):g}")
+    if int(r.top_k):
+        parts.append(f"topk{r.top_k}")
+    if float(r.top_p) < 1:
+        parts.append(f"topp{float(r.top_p):g}")
+    parts += [f"len{r.max_token}", f"k{r.num_response_per_task}", f"seed{r.seed}"]
+    if cfg.evaluation.max_items:
+        parts.append(f"first{cfg.evaluation.max_items}")
+    if float(r.random_init_ratio):
+        parts.append(f"rinit{float(r.random_init_ratio):g}")
+    if r.start_with_think:
+        parts.append("think")
+    if str(r.dtype) != "auto":
+        parts.append(str(r.dtype))
+    if r.stop_token_list:
+        parts.append("stop" + hashlib.sha256("\0".join(map(str, r.stop_token_list)).encode()).hexdigest()[:6])
+    return "-".join(parts)
+
+
+def _finished(run_dir):
+    try:
+        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def check_finished(run_dir, settings, restart):
+    """Refuse to replace a finished result of other settings (unless restart); the same settings rerun."""
+    if restart or not (run_dir / "metrics.json").is_file():
+        return
+    old = (_finished(run_dir) or {}).get("settings")
+    if old == settings:
+        return
+    if not isinstance(old, dict):
+        what = "a result without recorded settings"
+    else:
+        keys = [k for k in settings if old.get(k) != settings[k]] + [k for k in old if k not in settings]
+        what = "a result of other settings: " + ", ".join(f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in keys)
+    raise ConfigError(f"{run_dir}/metrics.json holds {what}; choose another experiment.project or output_dir, "
+                      "or pass evaluation.restart=true to replace it")
+
+
+def evaluate(cfg, state, model, tokenizer, stop_ids, items, *, label, setting, ckpt_path, run_dir, load_seconds=0.0,
+             data_file=None):
     """Decode, grade and write one (checkpoint, setting) evaluation. Returns its metrics (None off-main)."""
     data_type = str(cfg.evaluation.data_type)
     k = int(cfg.rollout.num_response_per_task)
@@ -305,7 +383,8 @@ def evaluate(cfg, state, model, tokenizer, stop_ids, items, *, label, setting, c
         num_responses=k, seed=int(cfg.rollout.seed),
         batch_size=min(int(cfg.rollout.batch_size or 0) or 10**9, int(cfg.rollout.max_active)),
         start_with_think=bool(cfg.rollout.start_with_think), stop_ids=stop_ids,
-        partial_prefix=run_dir / "decode", state=state, checkpoint_name=str(ckpt_path),
+        partial_prefix=run_dir / "decode", state=state, checkpoint_path=str(ckpt_path),
+        restart=bool(cfg.evaluation.restart), data_source=data_file,
     )
     decode_seconds = time.perf_counter() - started
     if results is None:
@@ -326,13 +405,21 @@ def evaluate(cfg, state, model, tokenizer, stop_ids, items, *, label, setting, c
         "block_size": int(cfg.rollout.block_size), "denoising_steps_per_block": setting.steps,
         "remasking_strategy": setting.strategy, "dynamic_threshold": setting.threshold,
         "temperature": float(cfg.rollout.temperature), "max_token": int(cfg.rollout.max_token),
-        "num_response_per_task": k, "seed": int(cfg.rollout.seed),
+        "num_response_per_task": k, "seed": int(cfg.rollout.seed), "max_items": cfg.evaluation.max_items,
     }
     metrics.update(compute_metrics(results, correct, {**stats, "seconds": decode_seconds}, k, data_type))
     metrics["grade_seconds"] = grade_seconds
     metrics["wall_seconds"] = decode_seconds + grade_seconds
     metrics["load_seconds"] = load_seconds  # once per checkpoint, shared by its settings
+    metrics["run_dir"] = str(run_dir)
+    metrics["settings"] = result_settings(cfg, data_file, ckpt_path)
+    metrics["inputs"] = {key: stats["inputs"][key] for key in ("weights", "tokenizer", "data")}
 
+    old = _finished(run_dir)
+    if old and old.get("inputs") not in (None, metrics["inputs"]):
+        changed = [key for key in metrics["inputs"] if old["inputs"].get(key) != metrics["inputs"][key]]
+        print(f"note: replacing the finished result in {run_dir} (accuracy {old.get('accuracy')}): its "
+              f"{' and '.join(changed)} changed since", file=sys.stderr)
     atomic_write_jsonl(run_dir / "items.jsonl",
                        item_records(results, correct, data_type, bool(cfg.evaluation.output_unmasking_history)))
     atomic_write_json(run_dir / "metrics.json", metrics)
@@ -351,23 +438,33 @@ def _check_config(cfg):
     if int(cfg.evaluation.num_node) != 1 or int(cfg.evaluation.node_index) != 0:
         raise ConfigError("evaluation.num_node must be 1 for eval.py (metrics need the whole dataset); "
                           "scale out with `accelerate launch` instead")
-    if int(cfg.rollout.num_response_per_task) < 1:
-        raise ConfigError("rollout.num_response_per_task must be >= 1")
+    check_job_config(cfg)
+    ex = cfg.execute
+    if int(ex.num_chunk) < 0:
+        raise ConfigError(f"execute.num_chunk must be >= 0 (0 = one per CPU core), got {ex.num_chunk}")
+    if int(ex.memory_mb) < 1:
+        raise ConfigError(f"execute.memory_mb must be >= 1, got {ex.memory_mb}")
+    limit = ex.test_time_limit
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+        raise ConfigError(f"execute.test_time_limit must be a positive number of seconds or null, got {limit!r}")
+    if int(cfg.evaluation.num_threads) < 0:
+        raise ConfigError(f"evaluation.num_threads must be >= 0 (0 = torch's default), got {cfg.evaluation.num_threads}")
 
 
-def _evaluate_checkpoint(cfg, label, path, runs, items, root):
+def _run_dirs(root, label, runs, cfg):
+    return {setting: root / f"{label}-{dataset_name(cfg)}" / run_name(run_cfg) for setting, run_cfg in runs.items()}
+
+
+def _evaluate_checkpoint(cfg, label, path, runs, items, root, data_file):
     """Load one checkpoint once and evaluate every setting with it. Returns the metrics rows (main only)."""
     loaded_at = time.perf_counter()
     state, model, tokenizer, resolved, stop_ids = setup(_with(cfg, **{"evaluation.checkpoint_path": path}))
     load_seconds = time.perf_counter() - loaded_at
     rows = []
-    for setting, run_cfg in runs.items():
-        run_dir = root / f"{label}-{dataset_name(cfg)}"
-        if len(runs) > 1:
-            run_dir = run_dir / setting.tag
-        run_cfg = _with(run_cfg, **{"evaluation.checkpoint_path": path, "sweep.checkpoints": None})
+    for setting, run_dir in _run_dirs(root, label, runs, cfg).items():
+        run_cfg = _with(runs[setting], **{"evaluation.checkpoint_path": path, "sweep.checkpoints": None})
         row = evaluate(run_cfg, state, model, tokenizer, stop_ids, items, label=label, setting=setting,
-                       ckpt_path=resolved, run_dir=run_dir, load_seconds=load_seconds)
+                       ckpt_path=resolved, run_dir=run_dir, load_seconds=load_seconds, data_file=data_file)
         if row is not None:
             rows.append(row)
     del model
@@ -396,14 +493,20 @@ def run_eval_job(cfg):
     """eval.py: every (checkpoint x setting) of the config. Returns the metrics rows (None off-main)."""
     _check_config(cfg)
     data_type = str(cfg.evaluation.data_type)
-    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items)
-    validate_items(items, data_type, data_file)
     checkpoints, settings = checkpoint_list(cfg), sweep_settings(cfg)
     runs = {s: _with(cfg, **{"rollout.denoising_steps_per_block": s.steps, "rollout.remasking_strategy": s.strategy,
                              "rollout.dynamic_threshold": s.threshold}) for s in settings}
     for run_cfg in runs.values():
         decode_config(run_cfg.rollout)  # invalid settings fail before any model is loaded
-    root = results_root(cfg)
+    root = check_output_dir(results_root(cfg), "experiment.output_dir")
+    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items)
+    validate_items(items, data_type, data_file)
+    resolved = {label: resolve_checkpoint(path) for label, path in checkpoints}
+    for label, path in checkpoints:  # every checkpoint and finished result checked before the first decode
+        check_checkpoint(resolved[label])
+        for setting, run_dir in _run_dirs(root, label, runs, cfg).items():
+            check_finished(run_dir, result_settings(runs[setting], data_file, resolved[label]),
+                           bool(cfg.evaluation.restart))
 
     threads = torch.get_num_threads()
     if not torch.cuda.is_available() and int(cfg.evaluation.num_threads) > 0:
@@ -411,7 +514,7 @@ def run_eval_job(cfg):
     try:
         rows = []
         for label, path in checkpoints:
-            state, mine = _evaluate_checkpoint(cfg, label, path, runs, items, root)
+            state, mine = _evaluate_checkpoint(cfg, label, path, runs, items, root, data_file)
             rows += mine
     finally:
         torch.set_num_threads(threads)  # process-wide: leave it as found (tests, notebooks)

@@ -13,6 +13,12 @@ class DataError(ValueError):
     """Bad input data; the message is one line naming the file, item or key."""
 
 
+def _name_file(err, path):
+    """A failed write (ENOSPC, EIO) names no file; give it the output's, for the one-line error."""
+    if isinstance(err, OSError) and err.filename is None:
+        err.filename = str(path)
+
+
 def atomic_write_text(path, text):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,8 +28,9 @@ def atomic_write_text(path, text):
             f.write(text)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask like open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        _name_file(err, path)
         raise
     return path
 
@@ -36,12 +43,42 @@ def atomic_write_jsonl(path, records):
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def append_text(path, text):
+    """Append `text` in one write; on failure (a full disk) cut the file back so no half line is left."""
+    with open(path, "a", encoding="utf-8") as f:
+        size = f.tell()
+        try:
+            f.write(text)
+            f.flush()
+        except BaseException as err:
+            f.truncate(size)
+            _name_file(err, path)
+            raise
+
+
+def check_output_dir(directory, key):
+    """Fail early, before any work and without creating anything, if outputs cannot be written under
+    `directory` (named by config key `key`): its nearest existing ancestor must be a writable directory."""
+    directory = Path(directory).absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"{key}: cannot write outputs under {directory}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{key}: cannot write outputs under {directory}: {existing} is not writable")
+    return directory
+
+
 def read_records(path):
     """A JSON list of objects, a single JSON object, or JSONL -> list[dict]. One-line errors."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); datasets must be UTF-8 JSON/JSONL") from None
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     try:

@@ -4,7 +4,10 @@ Shared by `sample/sdar_sample.py` (rollouts with trajectories) and `eval.py` (fe
 Under `accelerate launch` every process decodes a strided share of the prompts and the main process
 gathers the results in input order; as a plain script it is the same code with one process.
 A crash loses at most one batch: finished sequences are appended to per-process `.partial` files
-and skipped on rerun (only when the decoding settings are identical).
+and skipped on rerun. Each partial file starts with a fingerprint of every input that determines its
+sequences (weights and tokenizer content, the items decoded, each decoding setting, replicas, seed);
+a rerun whose inputs differ is refused with one line naming what changed, unless
+`evaluation.restart=true` discards the partial files and starts fresh.
 """
 import hashlib
 import json
@@ -13,32 +16,46 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .checkpoint import REPO_ROOT
-from .decoding import DecodeConfig, generate, sequence_seeds
+from .checkpoint import DTYPES, REPO_ROOT
+from .config import ConfigError
+from .decoding import STRATEGIES, DecodeConfig, generate, sequence_seeds
 from .grading import extract_answer
-from .io import DataError, read_records
+from .io import DataError, append_text, atomic_write_text, read_records
 from .prompting import DATA_TYPES, build_prompt, encode_prompt
 
 
 def dataset_path(name_or_path):
     """`MATH500` -> data/MATH500.json under the repo; an existing file path is used as is."""
     raw = Path(str(name_or_path))
-    for candidate in (raw, REPO_ROOT / raw, REPO_ROOT / "data" / f"{raw}.json", REPO_ROOT / "data" / f"{raw}.jsonl"):
+    is_name = not raw.suffix and len(raw.parts) == 1
+    names = [REPO_ROOT / "data" / f"{raw}.json", REPO_ROOT / "data" / f"{raw}.jsonl"] if is_name else []
+    for candidate in (raw, REPO_ROOT / raw, *names):
         if candidate.is_file():
             return candidate
-    if raw.suffix or len(raw.parts) > 1:
+    if not is_name:
         raise DataError(f"{raw}: file not found")
     raise DataError(f"dataset '{name_or_path}': no file {REPO_ROOT / 'data' / (str(raw) + '.json')} "
                     f"(run `python data/download_data.py --dataset {raw}` or pass a path)")
 
 
+def check_max_items(max_items):
+    """`evaluation.max_items`: null = all items, a positive int = the first N; anything else is an error."""
+    if max_items is None or (isinstance(max_items, int) and not isinstance(max_items, bool) and max_items > 0):
+        return max_items
+    raise ConfigError(f"evaluation.max_items must be a positive integer or null (= all items), got {max_items!r}")
+
+
 def load_items(name_or_path, max_items=None):
     """(path, items); `max_items` keeps the first N (a quick look at a big set)."""
+    max_items = check_max_items(max_items)
     path = dataset_path(name_or_path)
     items = read_records(path)
     if not items:
         raise DataError(f"{path}: dataset is empty")
-    return path, items[: int(max_items)] if max_items else items
+    if max_items is not None and max_items > len(items):
+        print(f"note: evaluation.max_items={max_items} but {path} has {len(items)} items: using all {len(items)}",
+              file=sys.stderr)
+    return path, items[:max_items] if max_items else items
 
 
 def item_error(item, data_type):
@@ -53,10 +70,53 @@ def item_error(item, data_type):
     return None
 
 
+def _check(ok, key, value, expected):
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def check_rollout_section(rollout_cfg):
+    """Every `rollout:` value with a valid range; one line naming the key (before anything is loaded)."""
+    r = rollout_cfg
+    for key in ("block_size", "denoising_steps_per_block", "max_token", "num_response_per_task", "max_active"):
+        _check(int(r[key]) >= 1, f"rollout.{key}", r[key], ">= 1")
+    if int(r.denoising_steps_per_block) > int(r.block_size):
+        raise ConfigError(f"rollout.denoising_steps_per_block={r.denoising_steps_per_block} exceeds rollout.block_size="
+                          f"{r.block_size}: a block of B tokens is decoded in at most B steps")
+    _check(float(r.temperature) >= 0, "rollout.temperature", r.temperature, ">= 0 (0 = greedy)")
+    _check(0 < float(r.top_p) <= 1, "rollout.top_p", r.top_p, "in (0, 1]")
+    _check(int(r.top_k) >= 0, "rollout.top_k", r.top_k, ">= 0 (0 = off)")
+    _check(str(r.remasking_strategy) in STRATEGIES, "rollout.remasking_strategy", r.remasking_strategy,
+           f"one of {', '.join(STRATEGIES)}")
+    _check(0 < float(r.dynamic_threshold) <= 1, "rollout.dynamic_threshold", r.dynamic_threshold, "in (0, 1]")
+    _check(0 <= float(r.random_init_ratio) < 1, "rollout.random_init_ratio", r.random_init_ratio, "in [0, 1)")
+    _check(r.batch_size is None or int(r.batch_size) >= 0, "rollout.batch_size", r.batch_size, ">= 0 (0 = all at once)")
+    _check(str(r.dtype) == "auto" or str(r.dtype) in DTYPES, "rollout.dtype", r.dtype,
+           f"one of auto, {', '.join(DTYPES)}")
+    stops = r.stop_token_list
+    _check(stops is None or all(isinstance(t, str) and t for t in stops), "rollout.stop_token_list", stops,
+           "a list of non-empty strings")
+    if int(r.tensor_parallel_size) != 1:
+        raise ConfigError("rollout.tensor_parallel_size must be 1: every process holds the whole model; "
+                          "scale out with `accelerate launch` (one process per GPU)")
+
+
+def check_job_config(cfg):
+    """Checks shared by sdar_sample.py and eval.py, before any data or model is read."""
+    check_rollout_section(cfg.rollout)
+    ev = cfg.evaluation
+    check_max_items(ev.max_items)
+    _check(str(ev.data_type) in DATA_TYPES, "evaluation.data_type", ev.data_type, f"one of {', '.join(DATA_TYPES)}")
+    _check(int(ev.num_node) >= 1, "evaluation.num_node", ev.num_node, ">= 1")
+    _check(0 <= int(ev.node_index) < int(ev.num_node), "evaluation.node_index", ev.node_index,
+           f"in [0, num_node={ev.num_node})")
+    _check(isinstance(ev.eval_dataset, str) and ev.eval_dataset.strip(), "evaluation.eval_dataset", ev.eval_dataset,
+           "a dataset name or path")
+
+
 def decode_config(rollout_cfg, **overrides):
     """DecodeConfig from the `rollout:` section of sdar_sample.yaml / eval.yaml (ConfigError if invalid)."""
-    from .config import ConfigError
-
+    check_rollout_section(rollout_cfg)
     try:
         return _decode_config(rollout_cfg, **overrides)
     except ValueError as err:
@@ -79,33 +139,118 @@ def _decode_config(rollout_cfg, **overrides):
     return DecodeConfig(**settings)
 
 
-def _fingerprint(**settings):
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+# DecodeConfig field -> the config key a user sets (named in resume refusals)
+_SETTING_KEYS = {"block_size": "rollout.block_size", "steps_per_block": "rollout.denoising_steps_per_block",
+                 "max_new_tokens": "rollout.max_token", "temperature": "rollout.temperature", "top_k": "rollout.top_k",
+                 "top_p": "rollout.top_p", "strategy": "rollout.remasking_strategy",
+                 "dynamic_threshold": "rollout.dynamic_threshold", "random_init_ratio": "rollout.random_init_ratio",
+                 "stop_at_eos": "stop_at_eos"}
+RESTART_HINT = "pass evaluation.restart=true to discard them and start fresh"
 
 
-def _read_partial(paths, fingerprint):
+def _digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+
+
+def input_fingerprint(model, tokenizer, items, *, checkpoint_path, decode_cfg, num_responses, seed, data_type,
+                      start_with_think, stop_ids, index_offset):
+    """{component: value} of everything that determines the decoded sequences, in the order a change is reported."""
+    from .checkpoint import content_fingerprint
+
+    param = next(model.parameters())
+    inputs = dict(content_fingerprint(checkpoint_path))  # weights (+ model config), tokenizer files
+    inputs["data"] = _digest({"offset": index_offset, "items": items})
+    inputs.update({_SETTING_KEYS[k]: v for k, v in asdict(decode_cfg).items()})
+    inputs.update({
+        "rollout.num_response_per_task": num_responses, "rollout.seed": seed, "evaluation.data_type": data_type,
+        "rollout.start_with_think": bool(start_with_think), "rollout.stop_token_list": sorted(int(i) for i in stop_ids),
+        "rollout.dtype": str(param.dtype).removeprefix("torch."), "device": param.device.type,
+        "mask/pad ids": [tokenizer.mask_token_id, tokenizer.pad_token_id],
+    })
+    return inputs
+
+
+def _describe_change(old, new, checkpoint_path, data_source):
+    changed = [key for key in new if old.get(key) != new[key]] + [key for key in old if key not in new]
+    what = []
+    for key in changed:
+        if key == "weights":
+            what.append(f"other weights (the model files in {checkpoint_path} changed)")
+        elif key == "tokenizer":
+            what.append(f"another tokenizer (the tokenizer files in {checkpoint_path} changed)")
+        elif key == "data":
+            what.append(f"other data (the items decoded from {data_source or 'the dataset'} changed)")
+        else:
+            what.append(f"{key}={old.get(key)!r} (now {new.get(key)!r})")
+    return ", ".join(what)
+
+
+def _read_partial(paths, inputs, *, checkpoint_path, data_source):
+    """Finished sequences of earlier runs; ConfigError if a file was decoded from other inputs."""
     done = {}
     for path in paths:
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        records = []
+        for line in lines:
             try:
-                rec = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-            if rec.get("fingerprint") == fingerprint:
-                done[(rec["item"], rec["replica"])] = rec
+        if not records:
+            continue
+        header = records[0].get("t3d_partial_inputs") if isinstance(records[0], dict) else None
+        if header is None:
+            raise ConfigError(f"{path}: partial results without an input fingerprint (an older version); {RESTART_HINT}")
+        if header != inputs:
+            raise ConfigError(f"{path}: partial results of an interrupted run were decoded with "
+                              f"{_describe_change(header, inputs, checkpoint_path, data_source)}; {RESTART_HINT}")
+        for rec in records[1:]:
+            done[(rec["item"], rec["replica"])] = rec
     return done
+
+
+def _open_partials(partial_prefix, inputs, state, restart, **where):
+    """Finished sequences to reuse and this process's partial file (its fingerprint header written)."""
+    partial_prefix = Path(partial_prefix)
+    partial_prefix.parent.mkdir(parents=True, exist_ok=True)
+    pattern = partial_prefix.name + ".partial.rank*.jsonl"
+    mine = partial_prefix.parent / f"{partial_prefix.name}.partial.rank{state.process_index}.jsonl"
+    if restart:
+        if state.is_main_process:
+            for old in partial_prefix.parent.glob(pattern):
+                old.unlink()
+        state.wait_for_everyone()  # nobody writes before the old files are gone
+        done = {}
+    else:
+        done = _read_partial(sorted(partial_prefix.parent.glob(pattern)), inputs, **where)
+        state.wait_for_everyone()  # every process has read the others' files before any appends
+    if restart or not _has_header(mine):  # new, or only a header cut by a crash
+        atomic_write_text(mine, json.dumps({"t3d_partial_inputs": inputs}) + "\n")
+    return done, mine
+
+
+def _has_header(path):
+    if not path.is_file():
+        return False
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    try:
+        return "t3d_partial_inputs" in json.loads(first)
+    except json.JSONDecodeError:
+        return False
 
 
 def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num_responses=1, seed=0,
             batch_size=0, start_with_think=False, stop_ids=(), partial_prefix=None, state=None,
-            progress=True, checkpoint_name="", index_offset=0):
+            progress=True, checkpoint_path=None, index_offset=0, restart=False, data_source=None):
     """Decode `num_responses` replicas of every item. Returns (results, stats) on the main process.
 
     results: the input items, each extended with prompt, full_output, response_ids, step_map,
     extracted_output, response_length, nfe, finished (lists over replicas); an item that cannot be
     decoded keeps its fields plus `error`, and the others are unaffected. Other processes get (None, stats).
     `index_offset` is the position of items[0] in the whole dataset (node sharding): sequence seeds
-    derive from global indices, so shards merged equal one run.
+    derive from global indices, so shards merged equal one run. With `partial_prefix`, finished
+    sequences go to `<prefix>.partial.rank<i>.jsonl` and a rerun reuses them only if every input is
+    unchanged (`checkpoint_path` names the weights; ConfigError otherwise, unless `restart`).
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -126,15 +271,15 @@ def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num
         if err is not None:
             errors[i] = f"item {i}: {err}"
 
-    fingerprint = _fingerprint(decode=asdict(decode_cfg), seed=seed, k=num_responses, ckpt=checkpoint_name,
-                               n=len(items), offset=index_offset, data_type=data_type, think=start_with_think)
-    done = {}
+    done, inputs = {}, None
     partial_file = None
     if partial_prefix is not None:
-        partial_prefix = Path(partial_prefix)
-        partial_prefix.parent.mkdir(parents=True, exist_ok=True)
-        done = _read_partial(sorted(partial_prefix.parent.glob(partial_prefix.name + ".partial.rank*.jsonl")), fingerprint)
-        partial_file = partial_prefix.parent / f"{partial_prefix.name}.partial.rank{state.process_index}.jsonl"
+        inputs = input_fingerprint(
+            model, tokenizer, items, checkpoint_path=checkpoint_path, decode_cfg=decode_cfg,
+            num_responses=num_responses, seed=seed, data_type=data_type, start_with_think=start_with_think,
+            stop_ids=stop_ids, index_offset=index_offset)
+        done, partial_file = _open_partials(partial_prefix, inputs, state, restart,
+                                            checkpoint_path=checkpoint_path, data_source=data_source)
 
     jobs = [(i, r) for i in prompts for r in range(num_responses) if (i, r) not in done]
     jobs.sort(key=lambda job: len(prompts[job[0]][1]))  # similar lengths share a batch: less padding
@@ -153,13 +298,12 @@ def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num
         )
         forwards += out.batch_forwards
         new = [
-            {"item": i, "replica": r, "ids": ids, "steps": sm, "nfe": nfe, "finished": fin, "fingerprint": fingerprint}
+            {"item": i, "replica": r, "ids": ids, "steps": sm, "nfe": nfe, "finished": fin}
             for (i, r), ids, sm, nfe, fin in zip(chunk, out.token_ids, out.step_maps, out.nfe, out.finished)
         ]
         results.extend(new)
         if partial_file is not None:
-            with open(partial_file, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(rec) + "\n" for rec in new))
+            append_text(partial_file, "".join(json.dumps(rec) + "\n" for rec in new))
         bar.update(len(chunk))
         tokens = sum(len(rec["ids"]) for rec in results)
         bar.set_postfix(tok_per_fwd=f"{tokens / max(sum(rec['nfe'] for rec in results), 1):.2f}")
@@ -167,17 +311,19 @@ def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num
     elapsed = time.perf_counter() - started
 
     gathered = gather_object([results]) if state.num_processes > 1 else [results]
-    stats = {"seconds": elapsed, "batch_forwards": forwards, "processes": state.num_processes}
+    stats = {"seconds": elapsed, "batch_forwards": forwards, "processes": state.num_processes,
+             "inputs": inputs}
     if not state.is_main_process:
         return None, stats
     for part in gathered:
         for rec in part:
             done[(rec["item"], rec["replica"])] = rec
-    return assemble(items, prompts, errors, done, num_responses, tokenizer, data_type), stats
+    return assemble(items, prompts, errors, done, num_responses, tokenizer, data_type, decode_cfg), stats
 
 
-def assemble(items, prompts, errors, done, num_responses, tokenizer, data_type):
-    """Results in input order: one output item per input item, replicas as lists."""
+def assemble(items, prompts, errors, done, num_responses, tokenizer, data_type, decode_cfg):
+    """Results in input order: one output item per input item, replicas as lists, plus the block size,
+    steps and strategy they were decoded with (training checks them against its own block size)."""
     out = []
     for i, item in enumerate(items):
         if i in errors:
@@ -195,6 +341,9 @@ def assemble(items, prompts, errors, done, num_responses, tokenizer, data_type):
             "response_length": [len(rec["ids"]) for rec in recs],
             "nfe": [rec["nfe"] for rec in recs],
             "finished": [rec["finished"] for rec in recs],
+            "block_size": decode_cfg.block_size,
+            "denoising_steps_per_block": decode_cfg.steps_per_block,
+            "remasking_strategy": decode_cfg.strategy,
         })
     return out
 
@@ -238,13 +387,11 @@ def setup(cfg):
     """Model, tokenizer and stop ids for the `rollout:`/`evaluation:` sections (shared with eval.py)."""
     import torch
 
-    from .checkpoint import load, stop_token_ids
-    from .config import ConfigError
-
-    if int(cfg.rollout.tensor_parallel_size) != 1:
-        raise ConfigError("rollout.tensor_parallel_size must be 1: every process holds the whole model; "
-                          "scale out with `accelerate launch` (one process per GPU)")
     from accelerate import PartialState
+
+    from .checkpoint import load, stop_token_ids
+
+    check_rollout_section(cfg.rollout)
 
     # cpu=True: without it a CPU `accelerate launch` rank can come up alone instead of joining gloo
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -268,21 +415,35 @@ def setup(cfg):
     return state, model, tokenizer, path, stop_ids
 
 
+def check_checkpoint_path(value, key="evaluation.checkpoint_path"):
+    """A non-empty path or hub id (an empty value would otherwise mean the embedded default)."""
+    if not isinstance(value, str) or not value.strip() or value.strip() in ("null", "None"):
+        raise ConfigError(f"{key} must be a checkpoint directory or hub id, got {value!r}")
+    return value
+
+
 def run_rollout_job(cfg):
     """sdar_sample.py: decode the (sharded) dataset and write the rollout file. Returns its path."""
+    from .checkpoint import check_checkpoint, resolve_checkpoint
     from .config import save_config
-    from .io import atomic_write_json
+    from .io import atomic_write_json, check_output_dir
 
+    check_job_config(cfg)
+    check_checkpoint_path(cfg.evaluation.checkpoint_path)
+    decode_cfg = decode_config(cfg.rollout)
+    out_path = output_path(cfg)
+    check_output_dir(out_path.parent, "experiment.output_dir")
     data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items)
     offset, items = shard(items, int(cfg.evaluation.num_node), int(cfg.evaluation.node_index))
+    check_checkpoint(resolve_checkpoint(cfg.evaluation.checkpoint_path))  # before the accelerate state exists
     state, model, tokenizer, ckpt, stop_ids = setup(cfg)
-    out_path = output_path(cfg)
     results, stats = rollout(
-        model, tokenizer, items, data_type=str(cfg.evaluation.data_type), decode_cfg=decode_config(cfg.rollout),
+        model, tokenizer, items, data_type=str(cfg.evaluation.data_type), decode_cfg=decode_cfg,
         num_responses=int(cfg.rollout.num_response_per_task), seed=int(cfg.rollout.seed),
         batch_size=min(int(cfg.rollout.batch_size or 0) or 10**9, int(cfg.rollout.max_active)),
         start_with_think=bool(cfg.rollout.start_with_think), stop_ids=stop_ids, partial_prefix=out_path,
-        state=state, checkpoint_name=ckpt, index_offset=offset,
+        state=state, checkpoint_path=ckpt, index_offset=offset, restart=bool(cfg.evaluation.restart),
+        data_source=data_file,
     )
     if not state.is_main_process:
         return None
