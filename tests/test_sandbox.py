@@ -1,5 +1,8 @@
 """Sandbox: correct code passes, wrong code fails, and no exit/kill/forgery/timeout/memory trick passes."""
 import os
+import shutil
+import socket
+import subprocess
 import time
 
 import pytest
@@ -85,49 +88,8 @@ def test_memory_bomb_is_stopped_quickly():
 
 
 def test_code_that_fits_the_memory_limit_runs():
-    assert run_function_tests("x = bytearray(20 * 1024 * 1024)", ["assert len(x) == 20 * 1024 * 1024"],
-                              memory_mb=256) == [True]
-
-
-def test_network_is_refused():
-    code = "import socket\ns = socket.socket()\n"
-    assert run_function_tests(code, ["assert True"]) == [False]
-    assert run_function_tests("import _socket\n_socket.socket()\n", ["assert True"]) == [False]
-
-
-def test_network_is_refused_by_the_bootstrap_alone(monkeypatch):
-    monkeypatch.setattr(sandbox, "network_namespace_available", lambda: False)
-    assert run_function_tests("import socket\nsocket.socket()\n", ["assert True"]) == [False]
-    assert run_function_tests(ADD, ADD_TESTS) == [True, True]
-
-
-def test_working_directory_is_private_and_removed():
-    code = "import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())\n"
-    spec = sandbox._spec(StdioJob(code, [""], [""]), {"mode": "stdio", "code": code})
-    returncode, output, _ = sandbox._execute(spec, stdin_text="")
-    cwd = output.decode().strip()
-    assert returncode == 0 and os.path.basename(cwd).startswith("t3d-sandbox-")
-    assert not os.path.exists(cwd)
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only not yet reaped
-    except FileNotFoundError:
-        return False
-
-
-def test_background_children_are_killed():
-    code = "import subprocess\np = subprocess.Popen(['sleep', '30'])\nprint(p.pid)\n"
-    spec = sandbox._spec(StdioJob(code, [""], [""]), {"mode": "stdio", "code": code})
-    returncode, output, timed_out = sandbox._execute(spec, stdin_text="")
-    assert returncode == 0 and not timed_out
-    pid = int(output.decode().split()[-1])
-    deadline = time.monotonic() + 2.0  # SIGKILL delivery is asynchronous
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not _alive(pid)
+    code = "x = bytearray(20 * 1024 * 1024)\ndef size():\n    return len(x)\n"
+    assert run_function_tests(code, ["assert size() == 20 * 1024 * 1024"], memory_mb=256) == [True]
 
 
 def test_humaneval_style_item_passes():
@@ -173,3 +135,286 @@ def test_run_many_rejects_malformed_jobs():
         run_many([StdioJob("pass", ["a", "b"], ["a"])])
     with pytest.raises(TypeError, match="job 0: expected FunctionJob or StdioJob"):
         run_many(["print(1)"])
+
+
+# ------------------------------------------------------------------------------------ isolation (hostile code)
+CHILD = {"__name__": "sandbox_child"}
+exec(sandbox._CHILD, CHILD)  # the codec and launcher, without running them
+
+
+def _host_processes_with(marker):
+    """Host pids whose command line contains `marker` (zombies excluded)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def _gone_soon(marker, seconds=3.0):
+    """True once no host process carries `marker` (SIGKILL delivery and reaping are asynchronous)."""
+    deadline = time.monotonic() + seconds
+    while _host_processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _host_processes_with(marker)
+
+
+def _marker():
+    return f"{int.from_bytes(os.urandom(4), 'big')}.{os.getpid()}"  # a valid `sleep` duration
+
+
+def test_namespaces_are_used_wherever_the_kernel_allows_them():
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    flags = "-mpnfiu" if os.geteuid() == 0 else "-rmpnfiu"
+    works = subprocess.run(["unshare", flags, "true"], capture_output=True).returncode == 0
+    assert sandbox.isolation() == (sandbox.NAMESPACES if works else sandbox.RLIMITS_ONLY)
+
+
+needs_namespaces = pytest.mark.skipif(sandbox.isolation() != sandbox.NAMESPACES,
+                                      reason="Linux namespaces unavailable: rlimits-only sandbox")
+
+
+@needs_namespaces
+@pytest.mark.parametrize("attack, survives", [
+    ("os.kill(os.getppid(), signal.SIGKILL)", True), ("os.kill(1, signal.SIGKILL)", True),
+    ("os.kill(-1, signal.SIGKILL)", True), ("os.killpg(0, signal.SIGKILL)", False),  # its own group only
+])
+def test_killing_the_parent_or_the_group_hurts_nobody_outside(attack, survives):
+    attempt = f"import os, signal\ntry:\n    {attack}\nexcept OSError:\n    pass\n"
+    code = "def add(a, b):\n    return a - b\n" + attempt
+    assert run_function_tests(code, ADD_TESTS) == [False, survives]  # and this process, the evaluator, lives
+    assert run_stdio_tests("print(input())\n" + attempt, ["x"], ["x"]) == [survives]
+
+
+@needs_namespaces
+def test_children_and_setsid_escapees_die_with_the_run():
+    marker = _marker()
+    code = (
+        "import subprocess\n"
+        f"a = subprocess.Popen(['sleep', '{marker}'])\n"
+        f"b = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+        f"c = subprocess.Popen(['setsid', 'sleep', '{marker}'])\n"
+        "def started():\n    return all(p.poll() is None for p in (a, b))\n"
+    )
+    assert run_function_tests(code, ["assert started()"]) == [True]
+    assert _gone_soon(marker)
+    stdio = f"import subprocess\nsubprocess.Popen(['setsid', 'sleep', '{marker}'])\nprint('ok')\n"
+    assert run_stdio_tests(stdio, [""], ["ok"]) == [True]
+    assert _gone_soon(marker)
+
+
+@needs_namespaces
+def test_process_limit_then_a_fork_bomb():
+    # Bounded first: sleeping children until fork fails. The launcher and init count too in a user
+    # namespace (normal user); as root the code has a host uid of its own.
+    counter = (
+        "import os, time\nn = 0\nfor _ in range(40):\n    try:\n        pid = os.fork()\n"
+        "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n"
+        "    n += 1\ndef spawned():\n    return n\n"
+    )
+    expected = 8 - (1 if os.geteuid() == 0 else 3)
+    assert run_function_tests(counter, [f"assert spawned() == {expected}"], max_processes=8) == [True]
+    start = time.monotonic()
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    assert run_function_tests(bomb, ["assert True"], timeout=0.5, max_processes=16) == [False]
+    assert time.monotonic() - start < 0.5 + sandbox.STARTUP_SLACK_S + 2.0
+
+
+@needs_namespaces
+def test_no_socket_reaches_the_host(tmp_path):
+    listeners = {}
+    for name, family, address in [("path", socket.AF_UNIX, str(tmp_path / "host.sock")),
+                                  ("abstract", socket.AF_UNIX, f"\0t3d-sandbox-test-{os.getpid()}"),
+                                  ("tcp", socket.AF_INET, ("127.0.0.1", 0))]:
+        listener = socket.socket(family)
+        listener.bind(address)
+        listener.listen()
+        listener.setblocking(False)
+        listeners[name] = (listener, listener.getsockname())
+    code = (
+        "import socket\n"
+        "def attempt(family, address):\n"
+        "    s = socket.socket(getattr(socket, family))\n"
+        "    s.settimeout(1)\n"
+        "    s.connect(tuple(address) if isinstance(address, list) else address)\n"
+        "    return True\n"
+    )
+    tests = [f"assert attempt('AF_UNIX', {listeners['path'][1]!r})",
+             f"assert attempt('AF_UNIX', {listeners['abstract'][1]!r})",
+             f"assert attempt('AF_INET', {list(listeners['tcp'][1])!r})"]
+    assert run_function_tests(code, tests) == [False, False, False]
+    for listener, _ in listeners.values():
+        with pytest.raises(BlockingIOError):  # nobody connected
+            listener.accept()
+        listener.close()
+
+
+@needs_namespaces
+def test_host_files_are_neither_readable_nor_writable(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hunter2")
+    marker = _marker()
+    outside = [tmp_path / "escaped.txt", f"/tmp/t3d-escaped-{marker}", os.path.expanduser("~/t3d-escaped")]
+    code = (
+        "import os\n"
+        f"def leak():\n    return open({str(secret)!r}).read()\n"
+        f"def escape(path):\n    open(path, 'w').write('x')\n    return True\n"
+        "def scratch():\n"
+        "    open('a.txt', 'w').write('x')\n    open('/tmp/b.txt', 'w').write('y')\n"
+        "    return open('a.txt').read() + open('/tmp/b.txt').read()\n"
+    )
+    tests = ["assert leak() == 'hunter2'", *[f"assert escape({str(p)!r})" for p in outside],
+             "assert scratch() == 'xy'"]
+    assert run_function_tests(code, tests) == [False, False, True, False, True]  # /tmp is the private scratch
+    assert not any(os.path.exists(p) for p in outside)
+    assert not os.path.exists("/tmp/b.txt") or open("/tmp/b.txt").read() != "y"
+
+
+@needs_namespaces
+def test_file_bombs_hit_the_file_size_and_scratch_limits():
+    code = (
+        "def big():\n    with open('big', 'wb') as f:\n        for _ in range(16):\n"
+        "            f.write(b'x' * (1 << 20))\n    return 16\n"
+        "def many():\n    for i in range(100):\n        with open(f'f{i}', 'wb') as f:\n"
+        "            f.write(b'x' * (1 << 20))\n    return 100\n"
+    )
+    tests = ["assert big() == 16", "assert many() == 100"]
+    assert run_function_tests(code, tests, max_output_bytes=4 << 20) == [False, False]
+    assert run_function_tests(code, tests, max_output_bytes=32 << 20) == [True, False]  # 64 MiB scratch
+
+
+FORGERIES = {
+    "frames and fds": (
+        "import os, sys\n"
+        "for depth in range(1, 50):\n"
+        "    try:\n        frame = sys._getframe(depth)\n    except ValueError:\n        break\n"
+        "    for scope in (frame.f_locals, frame.f_globals):\n"
+        "        for value in list(scope.values()):\n"
+        "            if type(value) is int and 0 <= value < 1024:\n"
+        "                try:\n                    os.write(value, b'0 1\\n1 1\\n')\n"
+        "                except OSError:\n                    pass\n"
+        "for fd in range(1024):\n"
+        "    try:\n        os.write(fd, b'0 1\\n1 1\\n')\n    except OSError:\n        pass\n"
+        "os._exit(0)\n"
+    ),
+    "gc objects": (
+        "import gc, io, os\n"
+        "for obj in gc.get_objects():\n"
+        "    if isinstance(obj, (io.IOBase,)):\n"
+        "        try:\n            obj.write(b'0 1\\n1 1\\n')\n            obj.flush()\n"
+        "        except Exception:\n            pass\n"
+        "    if isinstance(obj, dict) and 'tests' in obj:\n"
+        "        obj['tests'] = ['pass', 'pass']\n"
+    ),
+    "other processes' descriptors": (
+        "import os\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    for fd in range(8):\n"
+        "        try:\n"
+        "            with open(f'/proc/{pid}/fd/{fd}', 'wb') as f:\n                f.write(b'0 1\\n1 1\\n')\n"
+        "        except OSError:\n            pass\n"
+    ),
+    "audit hook": (
+        "import os, sys\n"
+        "def hook(event, args):\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n            os.write(fd, b'0 1\\n1 1\\n')\n        except OSError:\n            pass\n"
+        "sys.addaudithook(hook)\n"
+    ),
+    "__eq__ always True": (
+        "class Anything:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+        "def add(a, b):\n    return Anything()\n"
+    ),
+    "subclass of a plain type": "class Three(int):\n    def __eq__(self, other):\n        return True\n"
+                                "def add(a, b):\n    return Three(7)\n",
+}
+
+
+@needs_namespaces  # without them the /proc attack would write into this user's other processes
+@pytest.mark.parametrize("name", FORGERIES)
+def test_forged_passes_fail(name):
+    code = FORGERIES[name] + ("" if "def add" in FORGERIES[name] else "def add(a, b):\n    return 'wrong'\n")
+    assert run_function_tests(code, ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]) == [False, False]
+
+
+# ------------------------------------------------------------------------------------ proxies and the codec
+def test_calls_cross_as_plain_data_with_exceptions_and_mutations():
+    code = (
+        "import math\n"
+        "LIMIT = {'a': (1, 2.5)}\n"
+        "def push(xs, d):\n    xs.append(len(xs))\n    d['n'] = 1\n"
+        "def fail(kind):\n    raise {'value': ValueError, 'key': KeyError}[kind]('bad')\n"
+        "def leave():\n    raise SystemExit(0)\n"
+        "def special():\n    return float('inf'), float('nan'), -0.0, 3 + 4j, 2 ** 100, b'\\x00', frozenset({1})\n"
+        "def lazy():\n    yield 1\n"
+    )
+    tests = [
+        "xs, d = [0], {}\npush(xs, d)\nassert xs == [0, 1] and d == {'n': 1}",
+        "try:\n    fail('value')\nexcept ValueError as err:\n    assert str(err) == 'bad'\nelse:\n    raise AssertionError",
+        "try:\n    fail('key')\nexcept KeyError:\n    pass",
+        "try:\n    leave()\nexcept Exception:\n    pass",  # an exit cannot be swallowed into a pass
+        "a, b, z, c, big, raw, f = special()\n"
+        "assert a == math.inf and math.isnan(b) and math.copysign(1, z) == -1 and c == 3 + 4j\n"
+        "assert big == 2 ** 100 and raw == b'\\x00' and f == frozenset({1}) and LIMIT == {'a': (1, 2.5)}",
+        "assert list(lazy()) == [1]",  # a generator is not plain data: documented limitation
+        "assert push(lambda: 0, {}) is None",  # neither is a callable argument
+        "assert math.sqrt(4) == 2",  # the solution's imports are visible
+    ]
+    assert run_function_tests(code, tests) == [True, True, True, False, True, False, False, True]
+
+
+def test_a_dead_solution_fails_the_remaining_tests_quickly():
+    code = "import os\ndef add(a, b):\n    if a < 0:\n        os._exit(0)\n    return a + b\n"
+    tests = ["assert add(1, 2) == 3", "add(-1, 0)", "assert add(2, 2) == 4"]
+    start = time.monotonic()
+    assert run_function_tests(code, tests, timeout=5) == [True, False, False]
+    assert time.monotonic() - start < 3
+
+
+def test_codec_round_trips_plain_data_exactly():
+    encode, decode = CHILD["encode"], CHILD["decode"]
+    value = [None, True, False, 0, -1, 2 ** 200, -(2 ** 64), 1.5, float("inf"), -0.0, 1 + 2j, "é\ud800", b"\x00\xff",
+             (1, (2,)), {1: "a", (1, "b"): [set(), frozenset({3})]}, [[[]]], ""]
+    back = decode(encode(value))
+    assert back == value and repr(back) == repr(value)
+    assert [type(x) for x in back] == [type(x) for x in value]
+    assert str(decode(encode(float("nan")))) == "nan"
+    assert encode(True) == b"T" and encode(-1) == b"i\x01\x00\x00\x00\xff" and encode([None]) == b"l\x01\x00\x00\x00N"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"i\x05\x00\x00\x00\x01", "length past the end"), (b"NN", "trailing bytes"), (b"q", "unknown tag"),
+    (b"l\x01\x00\x00\x00" * 200 + b"N", "too deeply nested"), (b"S\x01\x00\x00\x00l\x00\x00\x00\x00", "malformed"),
+    (b"s\x01\x00\x00\x00\xff", "malformed"), (b"f\x00", "malformed"), (b"", "unknown tag"),
+])
+def test_codec_rejects_malformed_messages(data, message):
+    with pytest.raises(CHILD["CodecError"], match=message):
+        CHILD["decode"](data)
+
+
+@pytest.mark.parametrize("value", [object(), [1, object()], type("L", (list,), {})(), print, {1: iter([])}])
+def test_codec_refuses_objects(value):
+    with pytest.raises(CHILD["CodecError"], match="is not plain data"):
+        CHILD["encode"](value)
+
+
+# ------------------------------------------------------------------------------------------------- fallback
+def test_fallback_without_namespaces_still_grades_and_is_loud(monkeypatch, caplog):
+    broken = sandbox._CHILD.replace(
+        "def enter_sandbox(job):\n",
+        "def enter_sandbox(job):\n    if job['isolate']:\n"
+        "        os.write(2, b'sandbox set-up failed: PermissionError: no user namespaces\\n')\n"
+        "        os._exit(SETUP_FAILED)\n")
+    monkeypatch.setattr(sandbox, "_CHILD", broken)
+    with caplog.at_level("WARNING", logger="utils.sandbox"):
+        assert sandbox.isolation.__wrapped__() == sandbox.RLIMITS_ONLY
+    assert "rlimits only" in caplog.text and "no user namespaces" in caplog.text
+    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.RLIMITS_ONLY)
+    assert run_function_tests(ADD, ADD_TESTS + ["assert add(1, 1) == 3"]) == [True, True, False]
+    assert run_function_tests("import os\nos._exit(0)", ADD_TESTS) == [False, False]
+    assert run_stdio_tests("print(int(input()) + 1)", ["1", "2"], ["2", "4"]) == [True, False]
