@@ -111,12 +111,7 @@ def convert(inputs, strict=False):
     """Rollout files -> (records, number of items, Counter of drop reasons). Raises DataError."""
     records, dropped, n_items = [], Counter(), 0
     for path in inputs:
-        try:
-            items = read_records(path)
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
-                            "expected a JSON list or JSONL file") from None
-        for i, item in enumerate(items):
+        for i, item in enumerate(read_records(path)):
             for r, (record, reason) in enumerate(item_records(item, n_items)):
                 if reason:
                     if strict:

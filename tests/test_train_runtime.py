@@ -49,3 +49,19 @@ def test_wandb_modes(tmp_path, monkeypatch):
         runtime._wandb_env(_cfg("wandb.mode=online"), tmp_path)
     with pytest.raises(ConfigError, match="wandb.mode must be one of disabled, offline, online, got 'cloud'"):
         runtime._wandb_env(_cfg("wandb.mode=cloud"), tmp_path)
+
+
+@pytest.mark.parametrize("script, key", [("self_ddo_sdar_full", "training.lambda_path=0.2"),
+                                         ("sft_sdar", "dataset.source=\"items\"")])
+def test_trainer_help_lists_keys_with_comments(script, key, capsys):
+    import importlib
+
+    main = importlib.import_module(f"train.{script}").main
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and "config=path.yaml [key=value ...]" in out.splitlines()[0]
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("experiment.start_from_scratch="))
+    assert line.split()[0] == "experiment.start_from_scratch=false" and "# false = resume from the newest" in line
+    assert any(ln.strip().startswith(key) and "#" in ln for ln in out.splitlines())

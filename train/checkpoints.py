@@ -28,7 +28,7 @@ from pathlib import Path
 
 from train.runtime import TrainingError
 from utils.config import flatten, save_config
-from utils.io import atomic_write_json, atomic_write_text
+from utils.io import append_text, atomic_write_json, atomic_write_text
 
 MANIFEST = "manifest.json"
 # Config keys that cannot change a trained number (paths, names, logging, saving cadence, how to start);
@@ -311,37 +311,40 @@ def choose_start(cfg, root, fingerprint, log):
         raise TrainingError(f"cannot resume from {state}: it belongs to a different run ({shown}); set "
                             "experiment.start_from_scratch=true to start fresh (the earlier run is moved to "
                             f"{Path(root) / 'previous'}/) or use another experiment.project")
+    read_metrics(Path(root) / "metrics.jsonl", lambda _: None)  # a damaged log stops the run before any write
     return state
 
 
 # ------------------------------------------------------------------------------------------ metrics
+def read_metrics(path, log=print):
+    """metrics.jsonl -> [(step, line)]. A torn last line (a kill during the append) is dropped with a note;
+    a bad line elsewhere is a TrainingError naming the file and line."""
+    path, rows = Path(path), []
+    if not path.is_file():
+        return rows
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((int(json.loads(line)["step"]), line))
+        except (ValueError, KeyError, TypeError):
+            if n != len(lines):
+                raise TrainingError(f"{path}: line {n} is not a metrics record; fix or remove it") from None
+            log(f"note: {path}: dropped a torn last line (line {n}, a crash during the write)")
+    return rows
+
+
 class MetricsLog:
-    """metrics.jsonl: one JSON line per optimizer step; a resume drops lines after its step. A torn last
-    line (a kill during the append) is dropped with a note; a bad line elsewhere is an error."""
+    """metrics.jsonl: one JSON line per optimizer step; a resume keeps the lines up to its step."""
 
     def __init__(self, path, enabled, resume_step=None, log=print):
         self.path, self.enabled = Path(path), enabled
         if not enabled:
             return
-        rows = []
-        if resume_step is not None and self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    step = row["step"]
-                except (ValueError, KeyError, TypeError):
-                    if n == len(lines):
-                        log(f"note: {self.path}: dropped a torn last line (line {n}, a crash during the write)")
-                        continue
-                    raise TrainingError(f"{self.path}: line {n} is not a metrics record; fix or remove it") from None
-                if step <= resume_step:
-                    rows.append(line)
-        atomic_write_text(self.path, "".join(ln + "\n" for ln in rows))
+        rows = read_metrics(self.path, log) if resume_step is not None else []
+        atomic_write_text(self.path, "".join(line + "\n" for step, line in rows if step <= resume_step))
 
     def write(self, record):
         if self.enabled:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_text(self.path, json.dumps(record) + "\n")

@@ -133,21 +133,12 @@ def sft_example(item, index, tokenizer, limits, stops, where, data_type, target_
     return _finish(index, prompt_ids, response_ids, steps, limits, stops, tokenizer.pad_token_id, where)
 
 
-def read_training_records(path):
-    """utils.io.read_records with a one-line error for a file that is not UTF-8 text."""
-    try:
-        return read_records(path)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
-                        "expected a JSON list or JSONL file") from None
-
-
 def load_examples(path, tokenizer, *, max_prompt_len, max_gen_length, post_num, skip_invalid, kind="rollout",
                   data_type="math", target_fields=("solution", "answer"), block_size=4, log=print):
     """Read and validate every record of `path`. Invalid records raise a one-line DataError naming the
     record, or with skip_invalid are counted, skipped and summarised. Returns a list of examples."""
     path = Path(path)
-    records = read_training_records(path)
+    records = read_records(path)
     limits, stops, cache = (max_prompt_len, max_gen_length, post_num), set(stop_token_ids(tokenizer)), {}
     examples, skipped, truncated = [], Counter(), 0
     for i, record in enumerate(records):

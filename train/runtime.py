@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-import utils.cli  # noqa: F401,E402  (process defaults shared by every entry script: DS_ACCELERATOR, WANDB_MODE, ...)
+from utils.cli import error_line  # (importing utils.cli sets the process defaults: DS_ACCELERATOR, WANDB_MODE, ...)
 from utils.checkpoint import REPO_ROOT
 from utils.config import ConfigError, flatten
 from utils.io import DataError
@@ -75,16 +75,6 @@ def check_common(cfg):
     if cfg.experiment.start_from_scratch and tr.resume_from_checkpoint not in (None, ""):
         raise ConfigError(f"experiment.start_from_scratch=true contradicts training.resume_from_checkpoint="
                           f"{tr.resume_from_checkpoint}; set only one")
-
-
-def check_writable(root):
-    """The run dir can be created and written (checked before any work; nothing is created here)."""
-    root = Path(root)
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    if not existing.is_dir():
-        raise TrainingError(f"experiment.output_dir: cannot create the run dir {root}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingError(f"experiment.output_dir: cannot write the run dir {root}: {existing} is read-only")
 
 
 def main_print(*args):
@@ -182,12 +172,6 @@ def start_tracker(accelerator, cfg, directory):
     )
 
 
-def _one_line(err):
-    if isinstance(err, OSError) and err.strerror:  # e.g. a full disk or a read-only file met while running
-        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
 def run_main(main, argv=None):
     """Run a trainer's main(argv) the way utils.cli runs the other stages: expected failures (config, data,
     missing or unwritable files, a non-finite loss) end as `<script>: error: <one line>` on stderr (rank 0)
@@ -198,7 +182,7 @@ def run_main(main, argv=None):
         if os.environ.get("T3D_DEBUG"):
             raise
         if os.environ.get("RANK", "0") == "0":
-            print(f"{os.path.basename(sys.argv[0]) or 't3d'}: error: {_one_line(err)}", file=sys.stderr)
+            print(f"{os.path.basename(sys.argv[0]) or 't3d'}: error: {error_line(err)}", file=sys.stderr)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         sys.exit(2)

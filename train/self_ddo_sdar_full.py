@@ -17,10 +17,14 @@ from train.data import load_examples, resolve_data_path  # noqa: E402
 from train.loop import fit, open_run  # noqa: E402
 from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
 from train.runtime import (  # noqa: E402
-    check_common, check_writable, main_print, make_accelerator, run_dir, run_main, setup_process, zero_stage,
+    check_common, main_print, make_accelerator, run_dir, run_main, setup_process, zero_stage,
 )
 from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
+from utils.io import check_output_dir  # noqa: E402
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ddo_sdar_full_self.yaml"
 
 
 def check_config(cfg):
@@ -74,10 +78,10 @@ def round_refresher(accelerator, ref, every, epochs):
 
 
 def main(argv=None):
-    cfg = load_config(argv)
+    cfg = load_config(argv, default_config=DEFAULT_CONFIG)  # --help: usage and the keys with comments
     check_config(cfg)
     tr, root = cfg.training, run_dir(cfg)
-    check_writable(root)
+    check_output_dir(root, "experiment.output_dir")
     setup_process(cfg)
     path = resolve_checkpoint(cfg.model.pretrained_model)
     tokenizer = load_tokenizer(path)

@@ -14,11 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train.data import load_examples, resolve_data_path  # noqa: E402
 from train.loop import fit, open_run  # noqa: E402
 from train.objectives import sft_micro_step  # noqa: E402
-from train.runtime import check_common, check_writable, make_accelerator, run_dir, run_main, setup_process  # noqa: E402
+from train.runtime import check_common, make_accelerator, run_dir, run_main, setup_process  # noqa: E402
 from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
+from utils.io import check_output_dir  # noqa: E402
 
 SOURCES = ("items", "rollouts")
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sft_sdar.yaml"
 
 
 def scratch_model(cfg, tokenizer):
@@ -35,12 +39,12 @@ def scratch_model(cfg, tokenizer):
 
 
 def main(argv=None):
-    cfg = load_config(argv)
+    cfg = load_config(argv, default_config=DEFAULT_CONFIG)  # --help: usage and the keys with comments
     tr, ds, root = cfg.training, cfg.dataset, run_dir(cfg)
     check_common(cfg)
     if ds.source not in SOURCES:
         raise ConfigError(f"dataset.source must be one of {', '.join(SOURCES)}, got '{ds.source}'")
-    check_writable(root)
+    check_output_dir(root, "experiment.output_dir")
     setup_process(cfg)
     accelerator = make_accelerator(cfg, root)
     path = resolve_checkpoint(cfg.model.pretrained_model)
