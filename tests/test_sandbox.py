@@ -406,10 +406,11 @@ def test_codec_refuses_objects(value):
 # ------------------------------------------------------------------------------------------------- fallback
 def test_fallback_without_namespaces_still_grades_and_is_loud(monkeypatch, caplog):
     broken = sandbox._CHILD.replace(
-        "def enter_sandbox(job):\n",
-        "def enter_sandbox(job):\n    if job['isolate']:\n"
+        "def enter_sandbox(job, native=None):\n",
+        "def enter_sandbox(job, native=None):\n    if job['isolate']:\n"
         "        os.write(2, b'sandbox set-up failed: PermissionError: no user namespaces\\n')\n"
         "        os._exit(SETUP_FAILED)\n")
+    assert broken != sandbox._CHILD
     monkeypatch.setattr(sandbox, "_CHILD", broken)
     with caplog.at_level("WARNING", logger="utils.sandbox"):
         assert sandbox.isolation.__wrapped__() == sandbox.RLIMITS_ONLY

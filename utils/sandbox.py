@@ -4,23 +4,24 @@ Threat model: the code is hostile. It must not signal, kill or outlive the evalu
 read the user's files, write outside its own scratch space, exhaust the machine, or produce a passing
 verdict other than by passing the tests.
 
-Isolation (mode "namespaces", the normal case on Linux): every sandboxed process starts as a small trusted
-launcher (`python -I -S`, the code in `_CHILD` below) that enters new user, mount, PID, network, IPC and
-UTS namespaces and forks an init (PID 1 of the new PID namespace; it dies with the launcher, and when it
-dies the kernel kills everything in the namespace, `setsid` escapees included). The init builds a fresh
-root: a tmpfs holding read-only binds of /usr, /lib*, /bin, the Python installation and its
-site-packages, a few /dev nodes, a /proc of the new PID namespace and, as the only writable place, a
-size-limited private tmpfs `/sandbox` (also /tmp, HOME and the working directory); nothing else of the
-host (no /work, /home, /root, host /tmp, sockets). The untrusted process is then forked with no
-capabilities and no_new_privs, as host uid 65534 when the evaluator runs as root (the kernel does not
-enforce RLIMIT_NPROC for root), under rlimits on address space, CPU time, file size, core dumps and
-processes (counted per user namespace, so parallel sandboxes do not share the budget). Its parent is the
-init, so `os.getppid()` is 1 and `kill(-1)` reaches only its own children; the network namespace has only
-a down loopback, which also scopes abstract AF_UNIX sockets.
+Isolation (mode "namespaces", the normal case on Linux): every sandbox starts from a small trusted launcher
+(`python -I -S`, the code in `_CHILD` below) that enters new mount, PID, network, IPC and UTS namespaces
+(plus a user namespace when the evaluator is not root) and forks an init (PID 1 of the new PID namespace;
+it dies with the launcher, and when it dies the kernel kills everything in the namespace, `setsid`
+escapees included). The init builds a fresh root: a tmpfs holding read-only binds of /usr, /lib*, /bin,
+the Python installation and its site-packages, a few /dev nodes, a /proc of the new PID namespace and,
+as the only writable place, a size-limited private tmpfs `/sandbox` (also /tmp, HOME and the working
+directory); nothing else of the host (no /etc, /work, /home, /root, host /tmp, sockets). The untrusted
+process is then forked without capabilities, with no_new_privs, in a session of its own, under rlimits on
+address space, CPU time, file size, core dumps and processes. When the evaluator is root the code runs
+as a host uid of its own (the kernel does not enforce RLIMIT_NPROC for root); as a normal user the
+process count is per user namespace; either way parallel sandboxes do not share the budget. Its parent
+is the init, so `os.getppid()` is 1 and `kill(-1)` / `killpg(0)` reach only the sandbox; the network
+namespace has only a down loopback, which also scopes abstract AF_UNIX sockets.
 
 Verdicts are decided where the untrusted code cannot reach them. Function tests (MBPP `test_list`,
-HumanEval `check(candidate)`) run in a second, separate sandbox (its own PID namespace and root): the
-trusted test process. The solution's top-level callables are proxies there that call into the solution's
+HumanEval `check(candidate)`) run in a second, separate sandbox (its own PID namespace, root and uid; both
+are forked from one launcher): the trusted test process. The solution's top-level callables are proxies there that call into the solution's
 sandbox over a pair of pipes; arguments, return values and exceptions cross as plain data in a strict
 tagged binary encoding (`encode` / `decode` below; None, bool, int, float incl. inf/nan, complex, str,
 bytes, list, tuple, dict, set, frozenset; size and depth limited) -- never pickle or eval, so no object of
@@ -34,11 +35,11 @@ only the evaluator holds; a dead or hung solution fails the remaining tests. Std
 rules and are decided by the evaluator: a case passes iff the process exits with status 0 within the
 time limit and its whitespace-normalised stdout equals the whitespace-normalised expected output.
 
-Fallback (mode "rlimits-only", where user namespaces are unavailable): the same processes with the same
-rlimits, each in its own session and a private temporary directory, killed by process group. This stops
-accidents (loops, memory, exits) but NOT a deliberate attack: the code runs as the evaluator's user, can
-read files, signal processes and, knowing the design, forge verdicts. `isolation()` reports the mode; a
-warning is logged once per process when it is the fallback.
+Fallback (mode "rlimits-only", where the namespaces cannot be created): the same processes and rlimits
+(no process limit), the launcher in a session of its own and killed by process group, the working
+directory a private temporary directory. This stops accidents (loops, memory, exits) but NOT a deliberate
+attack: the code runs as the evaluator's user, can read and write the user's files, signal processes and,
+through /proc, forge verdicts. `isolation()` reports the mode; a warning is logged once per process.
 """
 import logging
 import marshal
@@ -65,9 +66,9 @@ SCRATCH_MB = 64  # the private writable tmpfs of one sandbox
 SANDBOX_DIR = "/sandbox"  # its path inside the sandbox
 NAMESPACES, RLIMITS_ONLY = "namespaces", "rlimits-only"
 
-# The sandboxed side: launcher, solution server, test runner and the plain-data codec. Run as
-# `python -I -S -c _CHILD <job fd>`; only builtin modules are imported (fast start). Imported with another
-# __name__ (tests), it only defines the functions.
+# The sandboxed side: launcher, solution server, test runner and the plain-data codec. Compiled once per
+# evaluator process and sent, marshalled, with each job to `python -I -S -c _BOOTSTRAP <job fd>`; only
+# builtin modules are imported (fast start). Executed with another __name__ (tests), it only defines functions.
 _CHILD = r'''
 import builtins, marshal, os, resource, struct, sys
 
@@ -286,6 +287,8 @@ def _restore(original, value):
 def run_tests(job, requests, replies, report):
     """Run setup and each test here, against proxies of the solution; write '<index> <0|1>' lines to
     `report`."""
+    # Bound before any module the solution names is imported here, so that no import can skip the tests.
+    run, build, number, write, Failure = exec, compile, enumerate, os.write, BaseException
     try:
         announcement = receive(replies)
     except (EOFError, CodecError):
@@ -339,16 +342,16 @@ def run_tests(job, requests, replies, report):
     namespace.update({name: proxy_for(name) for name in callables})
     try:
         if job["setup"]:
-            exec(compile(job["setup"], "<setup>", "exec"), namespace)
-    except BaseException:
+            run(build(job["setup"], "<setup>", "exec"), namespace)
+    except Failure:
         return
-    for index, test in enumerate(job["tests"]):
+    for index, test in number(job["tests"]):
         try:
-            exec(compile(test, f"<test {index}>", "exec"), namespace)
+            run(build(test, "<test %d>" % index, "exec"), namespace)
             passed = 1
-        except BaseException:
+        except Failure:
             passed = 0
-        os.write(report, b"%d %d\n" % (index, passed))
+        write(report, b"%d %d\n" % (index, passed))
 
 
 # ------------------------------------------------------------------------------------------------ launcher
@@ -477,12 +480,12 @@ def _status_code(status):
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def enter_sandbox(job):
+def enter_sandbox(job, native=None):
     """Trusted set-up; returns in the sandboxed process (with namespaces: a child of a PID-namespace init,
-    as the code's uid, without capabilities), its rlimits set."""
+    as the code's uid, without capabilities), its rlimits set. `native`: _libc(), if already loaded."""
     try:
         if job["isolate"]:
-            ctypes, libc, check = _libc()
+            ctypes, libc, check = native or _libc()
             _die_with_parent(libc)
             _enter_namespaces(job, libc, check)
             init = os.fork()
@@ -533,6 +536,7 @@ def main(job):
         exec(compile(job["code"], "<solution>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
         return
     # Function tests: two sibling sandboxes joined by two pipes; the verdicts go to our stdout.
+    native = _libc() if job["isolate"] else None  # loaded once, before the forks
     to_solution, to_tests = os.pipe(), os.pipe()
     ends = {"solution": (to_solution[0], to_tests[1]), "tests": (to_solution[1], to_tests[0])}
     for role in ("solution", "tests"):
@@ -542,7 +546,7 @@ def main(job):
             for fd in ends["tests" if role == "solution" else "solution"]:
                 os.close(fd)  # so that each side sees EOF as soon as the other side's sandbox is gone
             job["role"] = role
-            enter_sandbox(job)
+            enter_sandbox(job, native)
             if role == "solution":
                 _only_fds(requests, replies)
                 serve_solution(job, requests, replies)
@@ -558,10 +562,20 @@ def main(job):
 
 
 if __name__ == "__main__":
-    with open(int(sys.argv[1]), "rb") as job_file:
-        spec = marshal.loads(job_file.read())
-    main(spec)
+    main(JOB)  # given by _BOOTSTRAP
 '''
+
+
+_BOOTSTRAP = """import marshal, sys
+with open(int(sys.argv[1]), "rb") as job_file:
+    code, job = marshal.loads(job_file.read())
+exec(code, {"__name__": "__main__", "__builtins__": __builtins__, "JOB": job})
+"""
+
+
+@lru_cache(maxsize=2)
+def _compiled(source):
+    return compile(source, "<sandbox>", "exec")
 
 
 @dataclass
@@ -599,7 +613,7 @@ def _visible_paths():
                                              os.path.dirname(os.path.realpath(sys.executable)))]
     wanted += [os.path.realpath(p) for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
     visible = []
-    for path in sorted(set(wanted), key=len):
+    for path in sorted(set(wanted) - {"/"}, key=len):
         if not any(path == v or path.startswith(v.rstrip("/") + "/") for v in visible):
             visible.append(path)
     return visible
@@ -635,7 +649,7 @@ class _Sandbox:
         self.errors = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _CHILD, str(job_read)], cwd="/", env=env, stdin=stdin,
+                [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, str(job_read)], cwd="/", env=env, stdin=stdin,
                 stdout=stdout, stderr=self.errors, pass_fds=(job_read,), start_new_session=True,
             )
         except BaseException:
@@ -646,7 +660,7 @@ class _Sandbox:
             os.close(job_read)
         try:
             with open(job_write, "wb") as f:
-                f.write(marshal.dumps(spec))
+                f.write(marshal.dumps((_compiled(_CHILD), spec)))
         except BrokenPipeError:
             pass  # the launcher died first; its status says so
 
