@@ -70,16 +70,68 @@ class SDARRMSNorm(nn.Module):
         return self.weight * hidden_states.to(input_dtype)
 
 
+def _default_inv_freq(theta, dim, device=None):
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+
+
+def _dynamic_ntk_inv_freq(theta, dim, factor, max_position_embeddings, seq_len, device=None):
+    """NTK-aware base for a sequence of `seq_len` (int at init, int64 tensor in forward: the tensor case
+    computes the base in fp32, as transformers' `_compute_dynamic_ntk_parameters` does, bit for bit)."""
+    base = theta * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+    return _default_inv_freq(base, dim, device)
+
+
 class SDARRotaryEmbedding(nn.Module):
+    """RoPE as SDAR's remote code computes it (transformers' Qwen3 rotary embedding).
+
+    `dynamic` NTK scaling follows transformers' `dynamic_rope_update` exactly, state included: a forward
+    whose longest position p exceeds every length seen so far recomputes `inv_freq` for seq_len = p + 1
+    (it is kept for shorter forwards above `max_position_embeddings`), and a forward shorter than
+    `max_position_embeddings` restores the original frequencies. Other scaled types come from
+    transformers' static initialisers.
+    """
+
     def __init__(self, config: SDARConfig, device=None):
         super().__init__()
-        scaling = config.rope_scaling or {}
-        self.rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[self.rope_type](config, device)
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        supported = {"default", "dynamic"} | set(ROPE_INIT_FUNCTIONS) - {"longrope"}
+        if self.rope_type not in supported:
+            raise ValueError(f"rope_scaling type {self.rope_type!r} is not supported; use one of {sorted(supported)}")
+        self.reset_parameters(device)
+
+    def reset_parameters(self, device=None):
+        """(Re)compute the trained-length frequencies. `inv_freq` is not in the state dict: transformers 5 loads
+        models on the meta device and materialises such buffers empty, so `_init_weights` calls this."""
+        config, params = self.config, self.config.rope_parameters
+        self.original_max_seq_len = self.max_seq_len_cached = config.max_position_embeddings
+        self.attention_scaling = 1.0
+        if self.rope_type == "default":
+            inv_freq = _default_inv_freq(params["rope_theta"], config.head_dim, device)
+        elif self.rope_type == "dynamic":
+            self.ntk = functools.partial(_dynamic_ntk_inv_freq, params["rope_theta"], config.head_dim,
+                                         params["factor"], config.max_position_embeddings)
+            inv_freq = self.ntk(config.max_position_embeddings, device=device)
+        else:
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[self.rope_type](config, device)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.original_inv_freq = self.inv_freq
+
+    def _dynamic_update(self, position_ids):
+        seq_len = int(position_ids.max()) + 1
+        if seq_len > self.max_seq_len_cached:  # growth
+            seq_len_tensor = torch.tensor(seq_len, device=position_ids.device)
+            self.register_buffer("inv_freq", self.ntk(seq_len_tensor, device=position_ids.device), persistent=False)
+            self.max_seq_len_cached = seq_len
+        if seq_len < self.original_max_seq_len < self.max_seq_len_cached:  # back within the trained length
+            self.original_inv_freq = self.original_inv_freq.to(position_ids.device)
+            self.register_buffer("inv_freq", self.original_inv_freq, persistent=False)
+            self.max_seq_len_cached = self.original_max_seq_len
 
     @torch.no_grad()
     def forward(self, x, position_ids):
+        if self.rope_type == "dynamic":
+            self._dynamic_update(position_ids)
         # Angles in fp32 whatever the model dtype: bf16 positions lose precision past ~256.
         freqs = position_ids[..., None].float() * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -140,23 +192,30 @@ def sdar_attention(q, k, v, mask, scale, implementation="sdpa"):
 
 
 def normalize_attention_mask(attention_mask, dtype, key_length):
-    """Bring a caller's mask to SDPA form: None, bool (True = attend) or additive float.
+    """Bring a caller's mask to SDPA form: None, bool (True = attend) or additive float. Called once per forward.
 
-    Accepted: 4-D bool; 4-D float additive (0 = attend, -inf/min = blocked); 4-D integer 0/1
-    (1 = attend, as the reference training code passes it); 2-D [b, k] key padding (1 = attend).
+    Shapes: 4-D [b, 1 or h, q, k]; 3-D [b, q, k] (SDAR's own sampler slices a [1, n, n] mask); 2-D [b, k] key
+    padding. Keys beyond `key_length` are dropped, as the original does. Values:
+      * bool: True = attend. Integer: > 0 = attend (0/1, as training code passes it).
+      * floating, one rule (one reduction): if any value is > 0 it is SDAR's 0/1 form, > 0 = attend (the
+        original remote code's reading; SDAR's sampler passes float 0/1); otherwise it is additive, 0 = attend
+        and negative or -inf = blocked. An all-zero float mask is therefore additive: attend everywhere. (The
+        original reads it as "every key blocked" and averages uniformly over all keys, which no caller means.)
     """
     if attention_mask is None:
         return None
     if attention_mask.dim() == 2:
         attention_mask = attention_mask[:, None, None, :]
+    elif attention_mask.dim() == 3:
+        attention_mask = attention_mask[:, None]
     if attention_mask.dim() != 4:
-        raise ValueError(f"attention_mask must be 2-D or 4-D, got shape {tuple(attention_mask.shape)}")
+        raise ValueError(f"attention_mask must be 2-D, 3-D or 4-D, got shape {tuple(attention_mask.shape)}")
     if attention_mask.shape[-1] < key_length:
         raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys but attention has {key_length}")
     attention_mask = attention_mask[..., :key_length]
     if attention_mask.dtype == torch.bool:
         return attention_mask
-    if attention_mask.is_floating_point():
+    if attention_mask.is_floating_point() and not attention_mask.amax() > 0:
         return attention_mask.to(dtype)
     return attention_mask > 0
 
@@ -191,6 +250,7 @@ class SDARAttention(nn.Module):
         self.k_norm = SDARRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None):
+        """`attention_mask` is already normalised (None, bool or additive) and covers cache + new keys."""
         batch, q_len, _ = hidden_states.shape
         q = self.q_norm(self.q_proj(hidden_states).view(batch, q_len, -1, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(hidden_states).view(batch, q_len, -1, self.head_dim)).transpose(1, 2)
@@ -198,8 +258,7 @@ class SDARAttention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.write(self.layer_idx, k, v)
-        mask = normalize_attention_mask(attention_mask, q.dtype, k.shape[2])
-        out = sdar_attention(q, k, v, mask, self.scaling, self.config._attn_implementation or "sdpa")
+        out = sdar_attention(q, k, v, attention_mask, self.scaling, self.config._attn_implementation or "sdpa")
         return self.o_proj(out.transpose(1, 2).reshape(batch, q_len, -1))
 
 
@@ -239,6 +298,8 @@ class SDARPreTrainedModel(PreTrainedModel):
                 module.weight.data[module.padding_idx].zero_()
         elif isinstance(module, SDARRMSNorm):
             module.weight.data.fill_(1.0)
+        elif isinstance(module, SDARRotaryEmbedding):
+            module.reset_parameters(module.inv_freq.device)
 
 
 class SDARModel(SDARPreTrainedModel):
@@ -262,19 +323,33 @@ class SDARModel(SDARPreTrainedModel):
         inputs_embeds: Optional[torch.FloatTensor] = None,
         commit_kv: int = 0,
         output_hidden_states: bool = False,
+        store_kv: Optional[bool] = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """`past_key_values` is an `SDARBlockCache` (or None); `commit_kv` = how many leading new tokens to
-        commit to it after this forward. `attention_mask` must cover cache + new keys."""
+        commit to it after this forward. `attention_mask` (see `normalize_attention_mask`) must cover cache +
+        new keys. `store_kv` is SDAR's original API on the same cache: True = append this forward's K/V
+        (commit all new tokens), False = attend to cache + new tokens without storing them."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if past_key_values is not None and not isinstance(past_key_values, SDARBlockCache):
-            raise ValueError(f"past_key_values must be an SDARBlockCache, got {type(past_key_values).__name__}")
+            raise ValueError(f"past_key_values must be an SDARBlockCache, got {type(past_key_values).__name__} "
+                             "(SDAR's DynamicCache + store_kv calls work unchanged on "
+                             "SDARBlockCache(model.config, batch_size, max_length))")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        new_tokens = inputs_embeds.shape[1]
+        if store_kv is not None:
+            if commit_kv:
+                raise ValueError("pass store_kv (SDAR's original API) or commit_kv, not both")
+            if store_kv and past_key_values is None:
+                raise ValueError("store_kv=True needs past_key_values=SDARBlockCache(model.config, batch_size, "
+                                 "max_length); without one this forward's K/V would be dropped")
+            commit_kv = new_tokens if store_kv else 0
+        past = past_key_values.length if past_key_values is not None else 0
         if position_ids is None:
-            past = past_key_values.length if past_key_values is not None else 0
-            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            position_ids = torch.arange(past, past + new_tokens, device=inputs_embeds.device)[None]
+        attention_mask = normalize_attention_mask(attention_mask, inputs_embeds.dtype, past + new_tokens)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
@@ -291,7 +366,7 @@ class SDARModel(SDARPreTrainedModel):
 
 
 class SDARForCausalLM(SDARPreTrainedModel):
-    _tied_weights_keys = ["lm_head.weight"]
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # dict: the form both 4.57 and 5.x read
 
     def __init__(self, config: SDARConfig):
         super().__init__(config)
@@ -315,6 +390,7 @@ class SDARForCausalLM(SDARPreTrainedModel):
         inputs_embeds: Optional[torch.FloatTensor] = None,
         labels: Optional[torch.LongTensor] = None,
         commit_kv: int = 0,
+        store_kv: Optional[bool] = None,
         logits_to_keep: Union[int, slice, torch.Tensor] = 0,
         output_hidden_states: bool = False,
         head_fn=None,
@@ -330,6 +406,7 @@ class SDARForCausalLM(SDARPreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
+            store_kv=store_kv,
             inputs_embeds=inputs_embeds,
             commit_kv=commit_kv,
             output_hidden_states=output_hidden_states,
