@@ -330,6 +330,8 @@ FORGERIES = {
         "class Anything:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
         "def add(a, b):\n    return Anything()\n"
     ),
+    "shadowing builtins": "import cmath as math\ndef sorted(x):\n    return [1, 2]\n"
+                          "def abs(x):\n    return 0\ndef add(a, b):\n    return complex(2, 1e-12) if a == b == 1 else a - b\n",
     "subclass of a plain type": "class Three(int):\n    def __eq__(self, other):\n        return True\n"
                                 "def add(a, b):\n    return Three(7)\n",
 }
@@ -339,7 +341,9 @@ FORGERIES = {
 @pytest.mark.parametrize("name", FORGERIES)
 def test_forged_passes_fail(name):
     code = FORGERIES[name] + ("" if "def add" in FORGERIES[name] else "def add(a, b):\n    return 'wrong'\n")
-    assert run_function_tests(code, ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]) == [False, False]
+    tests = ["assert add(1, 2) == 3", "assert abs(add(2, 2) - 4) < 1e-9", "assert sorted([add(0, 1), 2]) == [1, 2]",
+             "assert math.isclose(add(1, 1), 2)"]
+    assert run_function_tests(code, tests) == [False] * 4
 
 
 # ------------------------------------------------------------------------------------ proxies and the codec

@@ -30,7 +30,8 @@ plain data fails that test (numpy scalars and arrays are converted with `tolist(
 pass callables or need instances of the solution's own classes (e.g. MBPP's `max_chain_length` with
 `Pair`); mutated list / dict / set arguments are copied back. Exceptions of builtin types are re-raised
 in the test with their type; exits, crashes and protocol garbage raise an exception that tests cannot
-catch with `except Exception`. The test process writes "<index> <0|1>" lines to its own stdout, which
+catch with `except Exception`. The solution's names never replace the tests' builtins, and its imported
+modules are visible to the tests only under their own names. The test process writes "<index> <0|1>" lines to its own stdout, which
 only the evaluator holds; a dead or hung solution fails the remaining tests. Stdio tests follow judges'
 rules and are decided by the evaluator: a case passes iff the process exits with status 0 within the
 time limit and its whitespace-normalised stdout equals the whitespace-normalised expected output.
@@ -331,15 +332,18 @@ def run_tests(job, requests, replies, report):
         proxy.__name__ = proxy.__qualname__ = name
         return proxy
 
+    # The solution's names may not replace builtins the tests use (`def abs(x): return 0`), and a module it
+    # imported is shown only under its own name (`import math`, not `import cmath as math`).
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     for name, module in modules.items():
-        try:
-            __import__(module)
-            namespace[name] = sys.modules[module]
-        except BaseException:
-            pass
-    namespace.update(values)
-    namespace.update({name: proxy_for(name) for name in callables})
+        if type(name) is str and name == module and not hasattr(builtins, name):
+            try:
+                __import__(module)
+                namespace[name] = sys.modules[module]
+            except BaseException:
+                pass
+    namespace.update({name: value for name, value in values.items() if not hasattr(builtins, name)})
+    namespace.update({name: proxy_for(name) for name in callables if not hasattr(builtins, name)})
     try:
         if job["setup"]:
             run(build(job["setup"], "<setup>", "exec"), namespace)
