@@ -15,9 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from utils.checkpoint import REPO_ROOT  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.evaluation import run_eval_job  # noqa: E402
+from utils.config import exit_if_help  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "eval.yaml"
 
 if __name__ == "__main__":
-    run_main(run_eval_job, default_config=REPO_ROOT / "configs" / "eval.yaml")
+    exit_if_help(default_config=DEFAULT_CONFIG)  # before the torch/transformers imports: --help is instant
+    from utils.cli import run_main
+    from utils.evaluation import run_eval_job
+
+    run_main(run_eval_job, default_config=DEFAULT_CONFIG)

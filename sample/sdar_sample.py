@@ -11,9 +11,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.checkpoint import REPO_ROOT  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.rollout import run_rollout_job  # noqa: E402
+from utils.config import exit_if_help  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sdar_sample.yaml"
 
 if __name__ == "__main__":
-    run_main(run_rollout_job, default_config=REPO_ROOT / "configs" / "sdar_sample.yaml")
+    exit_if_help(default_config=DEFAULT_CONFIG)  # before the torch/transformers imports: --help is instant
+    from utils.cli import run_main
+    from utils.rollout import run_rollout_job
+
+    run_main(run_rollout_job, default_config=DEFAULT_CONFIG)

@@ -225,3 +225,63 @@ def test_an_undecodable_item_counts_wrong_and_the_others_are_graded(tmp_path, ti
     assert "item 2: prompt of" in capsys.readouterr().err
     records = (Path(m["run_dir"]) / "items.jsonl").read_text().splitlines()
     assert json.loads(records[2])["error"].startswith("item 2: prompt of") and not json.loads(records[2])["correct"]
+
+
+def test_evaluations_of_other_settings_into_one_output_dir_keep_their_results(tmp_path, tiny_dir, capsys):
+    data = write(tmp_path / "toy.json", MATH[:2])
+    s4 = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.denoising_steps_per_block=4"))[0]
+    s1 = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.denoising_steps_per_block=1"))[0]
+    assert Path(s4["run_dir"]).name == "B4-S4-low_confidence_static-T0.1-len8-k1-seed0"
+    assert Path(s1["run_dir"]).name == "B4-S1-low_confidence_static-T0.1-len8-k1-seed0"
+    for row in (s4, s1):  # both results kept, each with its own settings
+        assert json.loads((Path(row["run_dir"]) / "metrics.json").read_text()) == row
+    assert s4["mean_nfe"] > s1["mean_nfe"]
+    again = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.denoising_steps_per_block=1"))[0]
+    assert {k: v for k, v in again.items() if "seconds" not in k and "per_second" not in k} == \
+           {k: v for k, v in s1.items() if "seconds" not in k and "per_second" not in k}  # same settings: rerun
+    # a setting the directory name leaves out still keeps a finished result from being replaced
+    with pytest.raises(ConfigError) as err:
+        run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.denoising_steps_per_block=1", "execute.memory_mb=512"))
+    assert str(err.value) == (f"{s1['run_dir']}/metrics.json holds a result of other settings: execute.memory_mb=1024 "
+                              "(now 512); choose another experiment.project or output_dir, or pass evaluation.restart=true "
+                              "to replace it")
+    replaced = run_eval_job(eval_cfg(tmp_path, tiny_dir, data, "rollout.denoising_steps_per_block=1",
+                                     "execute.memory_mb=512", "evaluation.restart=true"))[0]
+    assert replaced["settings"]["execute.memory_mb"] == 512 and replaced["run_dir"] == s1["run_dir"]
+
+
+def test_eval_resume_refuses_other_weights_at_the_same_path(tmp_path, tiny_dir, monkeypatch, capsys):
+    import shutil
+
+    from models.build_tiny_sdar import build
+
+    ckpt, other = tmp_path / "ckpt", tmp_path / "other"
+    shutil.copytree(tiny_dir, ckpt)
+    build(other, seed=1, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+          num_key_value_heads=2, head_dim=16)
+    data = write(tmp_path / "toy.json", MATH)
+    real_generate, calls = rollout_mod.generate, []
+
+    def crash_on_second_batch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_generate(*args, **kw)
+
+    monkeypatch.setattr(rollout_mod, "generate", crash_on_second_batch)
+    with pytest.raises(RuntimeError):
+        run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))
+    monkeypatch.setattr(rollout_mod, "generate", real_generate)
+    shutil.copy(other / "model.safetensors", ckpt / "model.safetensors")  # other weights, same path and size
+    partial = next((tmp_path / "out").rglob("decode.partial.rank0.jsonl"))
+    with pytest.raises(ConfigError, match=f"^{partial}: partial results of an interrupted run were decoded with other "
+                                          rf"weights \(the model files in {ckpt} changed\); pass evaluation.restart=true"):
+        run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))
+    restarted = run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1", "evaluation.restart=true"))[0]
+    fresh = run_eval_job(eval_cfg(tmp_path / "fresh", other, data))[0]
+    assert restarted["accuracy"] == fresh["accuracy"] and restarted["mean_nfe"] == fresh["mean_nfe"]
+    assert restarted["inputs"]["weights"] == fresh["inputs"]["weights"]
+    shutil.copy(tiny_dir / "model.safetensors", ckpt / "model.safetensors")  # a finished result, rerun on new weights
+    capsys.readouterr()
+    run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))
+    assert f"note: replacing the finished result in {restarted['run_dir']} (accuracy " in capsys.readouterr().err

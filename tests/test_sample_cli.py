@@ -81,7 +81,71 @@ def test_resume_skips_finished_sequences(tmp_path, tiny_dir, monkeypatch):
     crash[0] = False
     out = run_rollout_job(rollout_cfg(tmp_path, tiny_dir, data))
     assert sum(calls) == 10 - 4  # two batches of two were already done
+    assert out.read_bytes() == (tmp_path / "ref" / out.relative_to(tmp_path)).read_bytes()  # byte-identical
     assert json.loads(out.read_text()) == expected
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """model.safetensors of a tiny SDAR with the session fixture's shapes but other weights (seed 1)."""
+    from models.build_tiny_sdar import build
+
+    out = tmp_path_factory.mktemp("tiny-sdar-seed1")
+    build(out, seed=1, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+          num_key_value_heads=2, head_dim=16)
+    return out / "model.safetensors"
+
+
+def test_resume_refuses_other_weights_data_or_settings_and_restart_starts_fresh(tmp_path, tiny_dir, other_weights,
+                                                                               monkeypatch):
+    import shutil
+
+    import utils.rollout as rollout_mod
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, ckpt)
+    data = write(tmp_path / "toy.json", QUESTIONS)
+    real_generate, calls = rollout_mod.generate, []
+
+    def crash_on_third_batch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_generate(*args, **kw)
+
+    monkeypatch.setattr(rollout_mod, "generate", crash_on_third_batch)
+    with pytest.raises(RuntimeError):
+        run_rollout_job(rollout_cfg(tmp_path, ckpt, data))
+    monkeypatch.setattr(rollout_mod, "generate", real_generate)
+    partial = next((tmp_path / "out").rglob("*.partial.rank0.jsonl"))
+    kept = partial.read_bytes()
+    assert len(kept.splitlines()) == 1 + 4  # the fingerprint header + two batches of two sequences
+
+    def refused(message, *overrides):
+        with pytest.raises(ConfigError) as err:
+            run_rollout_job(rollout_cfg(tmp_path, ckpt, data, *overrides))
+        assert str(err.value) == (f"{partial}: partial results of an interrupted run were decoded with {message}; "
+                                  "pass evaluation.restart=true to discard them and start fresh")
+        assert partial.read_bytes() == kept and not list(partial.parent.glob("outputs-*.json"))
+
+    own_weights = (ckpt / "model.safetensors").read_bytes()
+    shutil.copy(other_weights, ckpt / "model.safetensors")  # same path, same size, other weights
+    refused(f"other weights (the model files in {ckpt} changed)")
+    (ckpt / "model.safetensors").write_bytes(own_weights)
+    write(data, QUESTIONS[:4] + [{"question": "What is 9+9?"}])
+    refused(f"other data (the items decoded from {data} changed)")
+    refused(f"other data (the items decoded from {data} changed)", "evaluation.max_items=4")  # same file, fewer items
+    write(data, QUESTIONS)
+    refused("rollout.temperature=0.7 (now 0.5)", "rollout.temperature=0.5")
+    refused("rollout.num_response_per_task=2 (now 1), rollout.seed=0 (now 3)", "rollout.seed=3",
+            "rollout.num_response_per_task=1")
+    refused("rollout.denoising_steps_per_block=4 (now 2)", "rollout.denoising_steps_per_block=2")
+
+    fresh = run_rollout_job(rollout_cfg(tmp_path / "fresh", ckpt, data, "rollout.temperature=0.5"))
+    restarted = run_rollout_job(rollout_cfg(tmp_path, ckpt, data, "rollout.temperature=0.5", "evaluation.restart=true"))
+    assert restarted.read_bytes() == fresh.read_bytes() and not partial.exists()
+    assert {(i["block_size"], i["denoising_steps_per_block"], i["remasking_strategy"])
+            for i in json.loads(restarted.read_text())} == {(4, 4, "low_confidence_static")}
 
 
 def test_bad_items_are_reported_and_do_not_lose_the_others(tmp_path, tiny_dir, capsys):

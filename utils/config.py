@@ -92,7 +92,12 @@ def exit_if_help(argv=None, default_config=None):
     if not any(arg in HELP_FLAGS for arg in argv):
         return
     given = [arg.split("=", 1)[1] for arg in argv if arg.startswith("config=")]
-    print(help_text(given[-1] if given else default_config), end="")
+    try:
+        text = help_text(given[-1] if given else default_config)
+    except ConfigError as err:  # config=<missing file> --help
+        print(f"{os.path.basename(sys.argv[0]) or 't3d'}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(text, end="")
     sys.exit(0)
 
 

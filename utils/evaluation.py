@@ -51,13 +51,6 @@ class Setting:
             return f"τ={self.threshold:g}"
         return f"S={self.steps}" + (f" τ={self.threshold:g}" if self.strategy == DYNAMIC else "")
 
-    @property
-    def tag(self):
-        """Directory-safe form of the label."""
-        if self.kind == "threshold":
-            return f"tau{self.threshold:g}"
-        return f"S{self.steps}" + (f"-tau{self.threshold:g}" if self.strategy == DYNAMIC else "")
-
 
 def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

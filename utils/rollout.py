@@ -27,7 +27,7 @@ from .prompting import DATA_TYPES, build_prompt, encode_prompt
 def dataset_path(name_or_path):
     """`MATH500` -> data/MATH500.json under the repo; an existing file path is used as is."""
     raw = Path(str(name_or_path))
-    is_name = not raw.suffix and len(raw.parts) == 1
+    is_name = raw.suffix not in (".json", ".jsonl") and len(raw.parts) == 1  # never data/x.json.json
     names = [REPO_ROOT / "data" / f"{raw}.json", REPO_ROOT / "data" / f"{raw}.jsonl"] if is_name else []
     for candidate in (raw, REPO_ROOT / raw, *names):
         if candidate.is_file():
@@ -205,7 +205,8 @@ def _read_partial(paths, inputs, *, checkpoint_path, data_source):
             raise ConfigError(f"{path}: partial results of an interrupted run were decoded with "
                               f"{_describe_change(header, inputs, checkpoint_path, data_source)}; {RESTART_HINT}")
         for rec in records[1:]:
-            done[(rec["item"], rec["replica"])] = rec
+            if isinstance(rec, dict) and {"item", "replica", "ids", "steps", "nfe", "finished"} <= rec.keys():
+                done[(rec["item"], rec["replica"])] = rec
     return done
 
 
