@@ -25,10 +25,12 @@ are forked from one launcher): the trusted test process. The solution's top-leve
 sandbox over a pair of pipes; arguments, return values and exceptions cross as plain data in a strict
 tagged binary encoding (`encode` / `decode` below; None, bool, int, float incl. inf/nan, complex, str,
 bytes, list, tuple, dict, set, frozenset; size and depth limited) -- never pickle or eval, so no object of
-the solution (an `__eq__` that always returns True, say) ever reaches the test. A return value that is not
-plain data fails that test (numpy scalars and arrays are converted with `tolist()`); so do tests that
-pass callables or need instances of the solution's own classes (e.g. MBPP's `max_chain_length` with
-`Pair`); mutated list / dict / set arguments are copied back. Exceptions of builtin types are re-raised
+the solution (an `__eq__` that always returns True, say) ever reaches the test. Subclasses of plain types
+(Counter, OrderedDict, defaultdict, namedtuple, IntEnum, numpy.float64) and numpy scalars cross as their
+plain value. Any other return value (a generator, map, range, deque, numpy array, an instance of the
+solution's own class) fails that test, and so does a test that passes a callable or an object to the
+solution (e.g. MBPP's `max_chain_length([Pair(5, 24), ...])`); mutated list / dict / set arguments are
+copied back. Exceptions of builtin types are re-raised
 in the test with their type; exits, crashes and protocol garbage raise an exception that tests cannot
 catch with `except Exception`. The solution's names never replace the tests' builtins, and its imported
 modules are visible to the tests only under their own names. The test process writes "<index> <0|1>" lines to its own stdout, which
@@ -71,7 +73,7 @@ NAMESPACES, RLIMITS_ONLY = "namespaces", "rlimits-only"
 # evaluator process and sent, marshalled, with each job to `python -I -S -c _BOOTSTRAP <job fd>`; only
 # builtin modules are imported (fast start). Executed with another __name__ (tests), it only defines functions.
 _CHILD = r'''
-import builtins, marshal, os, resource, struct, sys
+import builtins, os, resource, struct, sys
 
 SETUP_FAILED = 121
 UID_BASE = 1_500_000_000  # + the launcher's pid: the host uid sandboxed code runs as when the evaluator is root
@@ -82,6 +84,7 @@ MAX_GLOBAL_BYTES = 1 << 20  # larger plain-data globals of the solution are not 
 _U32, _F64 = struct.Struct("<I"), struct.Struct("<d")
 _SEQUENCES = {list: b"l", tuple: b"t", set: b"S", frozenset: b"Z"}
 _SEQUENCE_OF_TAG = {b"l": list, b"t": tuple, b"S": set, b"Z": frozenset}
+_PLAIN_TYPES = (int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 
 
 # ------------------------------------------------------------------------------------------ plain-data codec
@@ -124,10 +127,15 @@ def _encode(value, out, depth):
         for key, item in value.items():
             _encode(key, out, depth + 1)
             _encode(item, out, depth + 1)
-    elif kind.__module__ == "numpy" and hasattr(value, "tolist"):  # numpy scalars / arrays: their plain value
-        _encode(value.tolist(), out, depth)
+    elif kind.__module__ == "numpy" and getattr(value, "ndim", None) == 0:  # numpy scalars: their value
+        _encode(value.item(), out, depth)
     else:
-        raise CodecError(f"a {kind.__name__} is not plain data")
+        # Counter, OrderedDict, namedtuple, IntEnum, numpy.float64...: their plain value (what `==` compares
+        # against a plain expected value anyway); whatever such a conversion runs, it runs here.
+        plain = next((base for base in kind.__mro__[1:] if base in _PLAIN_TYPES), None)
+        if plain is None:
+            raise CodecError(f"a {kind.__name__} is not plain data")
+        _encode(plain(value), out, depth + 1)
 
 
 def decode(data):
@@ -507,6 +515,8 @@ def enter_sandbox(job, native=None):
             _drop_privileges(job, ctypes, libc, check)
             _die_with_parent(libc)
             os.setsid()  # its process group is then inside the namespace: killpg(0) reaches nothing outside
+        elif sys.platform == "linux":
+            _die_with_parent((native or _libc())[1])
         os.chdir(job["workdir"])
         if job["isolate"]:  # outside a user namespace it would count every process of the user
             resource.setrlimit(resource.RLIMIT_NPROC, (job["max_processes"], job["max_processes"]))
@@ -540,7 +550,7 @@ def main(job):
         exec(compile(job["code"], "<solution>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
         return
     # Function tests: two sibling sandboxes joined by two pipes; the verdicts go to our stdout.
-    native = _libc() if job["isolate"] else None  # loaded once, before the forks
+    native = _libc() if sys.platform == "linux" else None  # loaded once, before the forks
     to_solution, to_tests = os.pipe(), os.pipe()
     ends = {"solution": (to_solution[0], to_tests[1]), "tests": (to_solution[1], to_tests[0])}
     for role in ("solution", "tests"):
