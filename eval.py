@@ -7,8 +7,10 @@
         'sweep.checkpoints=[base=models/sdar-tiny,t3d=experiments/ddo_sdar_full_self/ckpt/optimized]'
     accelerate launch eval.py config=configs/eval.yaml ...      # decoding split across processes
 
-Writes <output_dir>/<project>/results/<checkpoint>-<dataset>[/<setting>]/{metrics.json,metrics.md,items.jsonl,
-config.yaml} and, for several evaluations, results/sweep-<dataset>/{sweep.md,sweep.json,sweep.png}.
+Writes <output_dir>/<project>/results/<checkpoint>-<dataset>/<settings>/{metrics.json,metrics.md,items.jsonl,
+config.yaml} (<settings> e.g. B4-S1-low_confidence_static-T0.1-len64-k1-seed0) and, for several evaluations,
+results/sweep-<dataset>/{sweep.md,sweep.json,sweep.png}. An interrupted run resumes only with unchanged weights,
+data and settings; evaluation.restart=true starts fresh. --help lists the config keys.
 """
 import sys
 from pathlib import Path

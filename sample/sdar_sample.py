@@ -4,7 +4,10 @@
     accelerate launch sample/sdar_sample.py config=configs/sdar_sample.yaml ...     # one process per GPU
 
 Writes <output_dir>/<project>/temp_data/outputs[-<node>]-eval-<checkpoint>-<dataset>.json (spec §2.10 plus
-`response_ids`, aligned 1:1 with `step_map`), atomically; a rerun resumes after a crash.
+`response_ids`, aligned 1:1 with `step_map`, and the `block_size`, `denoising_steps_per_block` and
+`remasking_strategy` used), atomically. A rerun resumes after a crash only if weights, data and every decoding
+setting are unchanged (else a one-line refusal naming what changed; evaluation.restart=true starts fresh).
+--help lists the config keys.
 """
 import sys
 from pathlib import Path
