@@ -73,7 +73,7 @@ def open_run(cfg, accelerator, root, data_path, model_dir):
         raise TrainingError(decision[1])
     if accelerator.is_main_process:
         save_config(cfg, root)
-    start_tracker(accelerator, cfg, root)
+    start_tracker(accelerator, cfg, root, resuming=decision[0] == "resume")
     return Run(Path(root), Path(decision[1]) if decision[1] else None, fingerprint)
 
 

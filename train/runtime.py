@@ -152,8 +152,9 @@ def zero_stage(accelerator):
     return int(plugin.zero_stage) if plugin is not None else 0
 
 
-def start_tracker(accelerator, cfg, directory):
-    """accelerate's W&B tracker (when enabled); the run id is kept in the run dir so a resume continues it."""
+def start_tracker(accelerator, cfg, directory, resuming=False):
+    """accelerate's W&B tracker (when enabled); the run id is kept in the run dir so a resume continues it
+    (a fresh start moved the earlier id aside, so it gets a new one)."""
     if str(cfg.wandb.mode) == "disabled":
         return
     id_file = Path(directory) / "wandb_run_id"
@@ -166,7 +167,7 @@ def start_tracker(accelerator, cfg, directory):
         config=flatten(cfg),
         init_kwargs={"wandb": {
             "name": str(cfg.experiment.project), "id": run_id, "entity": cfg.wandb.entity,
-            "resume": "allow" if cfg.wandb.resume or cfg.training.resume_from_checkpoint else None,
+            "resume": "allow" if cfg.wandb.resume or resuming else None,
             "dir": str(directory),
         }},
     )
