@@ -687,7 +687,7 @@ class _Sandbox:
             pidfd = None
         if pidfd is not None:  # readable once the process has exited: no polling latency
             try:
-                return bool(select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0])
+                return _readable(pidfd, deadline)
             finally:
                 os.close(pidfd)
         delay = 0.001
@@ -701,7 +701,7 @@ class _Sandbox:
     def kill(self):
         """SIGKILL the launcher's process group (the init with it, hence the whole PID namespace), reap.
         Returns the launcher's exit status; a set-up failure is logged."""
-        # The launcher was waited for with WNOWAIT, so its pid still holds the group id: no recycled group.
+        # The launcher is not reaped before this, so its pid still holds the group id: no recycled group.
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -726,25 +726,32 @@ def _run_function(job):
                      setup=job.setup or "", tests=[str(t) for t in job.tests])
     verdicts, verdicts_w = os.pipe()
     try:
-        sandbox = _Sandbox(spec, stdout=verdicts_w)
-    finally:
-        os.close(verdicts_w)
-    try:
-        output = _read_verdicts(sandbox, verdicts, len(job.tests), time.monotonic() + float(job.timeout) + STARTUP_SLACK_S)
+        try:
+            sandbox = _Sandbox(spec, stdout=verdicts_w)
+        finally:
+            os.close(verdicts_w)
+        try:
+            deadline = time.monotonic() + float(job.timeout) + STARTUP_SLACK_S
+            output = _read_verdicts(verdicts, len(job.tests), deadline)
+        finally:
+            sandbox.kill()
     finally:
         os.close(verdicts)
-        sandbox.kill()
     return _parse_verdicts(output, len(job.tests))
 
 
-def _read_verdicts(sandbox, verdicts, n_tests, deadline):
+def _readable(fd, deadline):
+    """Wait until `fd` is readable (or hung up) or `deadline`; poll, unlike select, takes any fd number."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+
+def _read_verdicts(verdicts, n_tests, deadline):
     """The test process's report, read until every test has a line, the launcher exits or `deadline`
     (not waiting for namespaces to be torn down once the verdicts are in)."""
     output = b""
-    while output.count(b"\n") < n_tests:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([verdicts], [], [], remaining)[0]:
-            break
+    while output.count(b"\n") < n_tests and _readable(verdicts, deadline):
         chunk = os.read(verdicts, 1 << 16)
         if not chunk:  # every holder of the write end is gone: the launcher has ended
             break
