@@ -331,7 +331,8 @@ FORGERIES = {
         "def add(a, b):\n    return Anything()\n"
     ),
     "shadowing builtins": "import cmath as math\ndef sorted(x):\n    return [1, 2]\n"
-                          "def abs(x):\n    return 0\ndef add(a, b):\n    return complex(2, 1e-12) if a == b == 1 else a - b\n",
+                          "def abs(x):\n    return 0\n"
+                          "def add(a, b):\n    return complex(2, 1e-12) if a == b == 1 else a - b\n",
     "subclass of a plain type": "class Three(int):\n    def __eq__(self, other):\n        return True\n"
                                 "def add(a, b):\n    return Three(7)\n",
 }
@@ -359,7 +360,8 @@ def test_calls_cross_as_plain_data_with_exceptions_and_mutations():
     )
     tests = [
         "xs, d = [0], {}\npush(xs, d)\nassert xs == [0, 1] and d == {'n': 1}",
-        "try:\n    fail('value')\nexcept ValueError as err:\n    assert str(err) == 'bad'\nelse:\n    raise AssertionError",
+        "try:\n    fail('value')\nexcept ValueError as err:\n    assert str(err) == 'bad'\n"
+        "else:\n    raise AssertionError",
         "try:\n    fail('key')\nexcept KeyError:\n    pass",
         "try:\n    leave()\nexcept Exception:\n    pass",  # an exit cannot be swallowed into a pass
         "a, b, z, c, big, raw, f = special()\n"

@@ -75,7 +75,8 @@ def attacks(tmp_path, marker, listeners):
                               "def add(a, b):\n    return Anything()\n",
         "infinite loop": "while True:\n    pass\n",
         "memory bomb": "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 26))\n",
-        "file bomb": "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * (1 << 20))\n" + ADD,
+        "file bomb": "with open('big', 'wb') as f:\n    for _ in range(100):\n"
+                     "        f.write(b'x' * (1 << 20))\n" + ADD,
         "write outside": f"open({str(outside)!r}, 'w').write('x')\n" + ADD,
         "read a host file": f"assert open({str(secret)!r}).read() == 'hunter2'\n" + ADD,
         "sys.exit(0)": ADD + "import sys\nsys.exit(0)\n",

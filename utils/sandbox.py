@@ -19,24 +19,24 @@ process count is per user namespace; either way parallel sandboxes do not share 
 is the init, so `os.getppid()` is 1 and `kill(-1)` / `killpg(0)` reach only the sandbox; the network
 namespace has only a down loopback, which also scopes abstract AF_UNIX sockets.
 
-Verdicts are decided where the untrusted code cannot reach them. Function tests (MBPP `test_list`,
-HumanEval `check(candidate)`) run in a second, separate sandbox (its own PID namespace, root and uid; both
-are forked from one launcher): the trusted test process. The solution's top-level callables are proxies there that call into the solution's
-sandbox over a pair of pipes; arguments, return values and exceptions cross as plain data in a strict
-tagged binary encoding (`encode` / `decode` below; None, bool, int, float incl. inf/nan, complex, str,
-bytes, list, tuple, dict, set, frozenset; size and depth limited) -- never pickle or eval, so no object of
-the solution (an `__eq__` that always returns True, say) ever reaches the test. Subclasses of plain types
-(Counter, OrderedDict, defaultdict, namedtuple, IntEnum, numpy.float64) and numpy scalars cross as their
-plain value. Any other return value (a generator, map, range, deque, numpy array, an instance of the
-solution's own class) fails that test, and so does a test that passes a callable or an object to the
+Verdicts are decided where the untrusted code cannot reach them. Function tests (MBPP `test_list`, HumanEval
+`check(candidate)`) run in a second, separate sandbox (its own PID namespace, root and uid; both are forked
+from one launcher): the trusted test process. The solution's top-level callables are proxies there that call
+into the solution's sandbox over a pair of pipes; arguments, return values and exceptions cross as plain
+data in a strict tagged binary encoding (`encode` / `decode` below; None, bool, int, float incl. inf/nan,
+complex, str, bytes, list, tuple, dict, set, frozenset; size and depth limited) -- never pickle or eval, so
+no object of the solution (an `__eq__` that always returns True, say) ever reaches the test. Subclasses of
+plain types (Counter, OrderedDict, defaultdict, namedtuple, IntEnum, numpy.float64) and numpy scalars cross
+as their plain value. Any other return value (a generator, map, range, deque, numpy array, an instance of
+the solution's own class) fails that test, and so does a test that passes a callable or an object to the
 solution (e.g. MBPP's `max_chain_length([Pair(5, 24), ...])`); mutated list / dict / set arguments are
-copied back. Exceptions of builtin types are re-raised
-in the test with their type; exits, crashes and protocol garbage raise an exception that tests cannot
-catch with `except Exception`. The solution's names never replace the tests' builtins, and its imported
-modules are visible to the tests only under their own names. The test process writes "<index> <0|1>" lines to its own stdout, which
-only the evaluator holds; a dead or hung solution fails the remaining tests. Stdio tests follow judges'
-rules and are decided by the evaluator: a case passes iff the process exits with status 0 within the
-time limit and its whitespace-normalised stdout equals the whitespace-normalised expected output.
+copied back. Exceptions of builtin types are re-raised in the test with their type; exits, crashes and
+protocol garbage raise an exception that tests cannot catch with `except Exception`. The solution's names
+never replace the tests' builtins, and its imported modules are visible to the tests only under their own
+names. The test process writes "<index> <0|1>" lines to its own stdout, which only the evaluator holds; a
+dead or hung solution fails the remaining tests. Stdio tests follow judges' rules and are decided by the
+evaluator: a case passes iff the process exits with status 0 within the time limit and its
+whitespace-normalised stdout equals the whitespace-normalised expected output.
 
 Fallback (mode "rlimits-only", where the namespaces cannot be created): the same processes and rlimits
 (no process limit), the launcher in a session of its own and killed by process group, the working
