@@ -64,7 +64,9 @@ DEFAULT_TIMEOUT_S = 3.0  # user-code wall time per job (function) or per case (s
 STARTUP_SLACK_S = 1.0  # added to the wall limit for interpreter start-up, so slow starts are not timeouts
 DEFAULT_MEMORY_MB = 1024  # address-space limit per process
 DEFAULT_MAX_OUTPUT_BYTES = 8 << 20  # per written file, stdout included (RLIMIT_FSIZE)
-DEFAULT_MAX_PROCESSES = 32  # processes and threads of one sandbox, its first process included (RLIMIT_NPROC)
+# Processes and threads of one sandbox, its first process included (RLIMIT_NPROC). Without cgroups memory is
+# limited per process, so one sandbox can hold up to DEFAULT_MAX_PROCESSES x memory_mb (+ SCRATCH_MB).
+DEFAULT_MAX_PROCESSES = 16
 SCRATCH_MB = 64  # the private writable tmpfs of one sandbox
 SANDBOX_DIR = "/sandbox"  # its path inside the sandbox
 NAMESPACES, RLIMITS_ONLY = "namespaces", "rlimits-only"
