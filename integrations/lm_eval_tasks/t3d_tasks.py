@@ -1,0 +1,32 @@
+"""Helpers for lm-eval task YAMLs over the toolkit's datasets: the same items, prompt and grader as eval.py.
+
+Loaded by lm-eval from the YAMLs next to this file (`!function t3d_tasks.<name>`), so it puts the repository
+root on sys.path itself.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from utils.grading import grade_items  # noqa: E402
+from utils.prompting import user_message  # noqa: E402
+from utils.rollout import load_items  # noqa: E402
+
+
+def load_toolkit_dataset(dataset, max_items=None, **_metadata):
+    """`custom_dataset`: a toolkit dataset (data/<name>.json or a path, as eval.py resolves it) as the test split.
+    lm-eval also passes its metadata (model_args among it) as keyword arguments; they are not ours."""
+    import datasets
+
+    _, items = load_items(dataset, max_items)
+    return {"test": datasets.Dataset.from_list(items)}
+
+
+def math_user_message(doc):
+    """The user turn eval.py puts in the chat template (with --apply_chat_template the prompts are equal)."""
+    return user_message(doc, "math")
+
+
+def process_math_results(doc, results):
+    """eval.py's grading: the last \\boxed{} answer against `ground_truth_answer` with math-verify."""
+    return {"accuracy": float(grade_items([{**doc, "full_output": [results[0]]}], "math")[0][0])}
