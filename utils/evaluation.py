@@ -29,7 +29,7 @@ from .config import ConfigError, save_config
 from .grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
 from .io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir
 from .prompting import DATA_TYPES
-from .rollout import (check_checkpoint_path, check_job_config, decode_config, item_error, load_items,
+from .rollout import (number_setting, check_checkpoint_path, check_job_config, decode_config, item_error, load_items,
                       rollout, setup, summarize)
 
 DYNAMIC = "low_confidence_dynamic"
@@ -433,14 +433,14 @@ def _check_config(cfg):
                           "scale out with `accelerate launch` instead")
     check_job_config(cfg)
     ex = cfg.execute
-    if int(ex.num_chunk) < 0:
+    if number_setting(ex, "execute.num_chunk") < 0:
         raise ConfigError(f"execute.num_chunk must be >= 0 (0 = one per CPU core), got {ex.num_chunk}")
-    if int(ex.memory_mb) < 1:
+    if number_setting(ex, "execute.memory_mb") < 1:
         raise ConfigError(f"execute.memory_mb must be >= 1, got {ex.memory_mb}")
     limit = ex.test_time_limit
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
         raise ConfigError(f"execute.test_time_limit must be a positive number of seconds or null, got {limit!r}")
-    if int(cfg.evaluation.num_threads) < 0:
+    if number_setting(cfg.evaluation, "evaluation.num_threads") < 0:
         raise ConfigError(f"evaluation.num_threads must be >= 0 (0 = torch's default), got {cfg.evaluation.num_threads}")
 
 

@@ -75,28 +75,41 @@ def _check(ok, key, value, expected):
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
+def number_setting(section, key, kind=int):
+    """section[key] as int/float; null or a non-number (a null override passes the schema) is an error."""
+    value = section[key.rsplit(".", 1)[-1]]
+    kinds = (int, float) if kind is float else (int,)
+    _check(isinstance(value, kinds) and not isinstance(value, bool), key, value,
+           "a number" if kind is float else "an integer")
+    return kind(value)
+
+
 def check_rollout_section(rollout_cfg):
     """Every `rollout:` value with a valid range; one line naming the key (before anything is loaded)."""
     r = rollout_cfg
     for key in ("block_size", "denoising_steps_per_block", "max_token", "num_response_per_task", "max_active"):
-        _check(int(r[key]) >= 1, f"rollout.{key}", r[key], ">= 1")
-    if int(r.denoising_steps_per_block) > int(r.block_size):
+        _check(number_setting(r, f"rollout.{key}") >= 1, f"rollout.{key}", r[key], ">= 1")
+    if r.denoising_steps_per_block > r.block_size:
         raise ConfigError(f"rollout.denoising_steps_per_block={r.denoising_steps_per_block} exceeds rollout.block_size="
                           f"{r.block_size}: a block of B tokens is decoded in at most B steps")
-    _check(float(r.temperature) >= 0, "rollout.temperature", r.temperature, ">= 0 (0 = greedy)")
-    _check(0 < float(r.top_p) <= 1, "rollout.top_p", r.top_p, "in (0, 1]")
-    _check(int(r.top_k) >= 0, "rollout.top_k", r.top_k, ">= 0 (0 = off)")
+    _check(number_setting(r, "rollout.temperature", float) >= 0, "rollout.temperature", r.temperature, ">= 0 (0 = greedy)")
+    _check(0 < number_setting(r, "rollout.top_p", float) <= 1, "rollout.top_p", r.top_p, "in (0, 1]")
+    _check(number_setting(r, "rollout.top_k") >= 0, "rollout.top_k", r.top_k, ">= 0 (0 = off)")
     _check(str(r.remasking_strategy) in STRATEGIES, "rollout.remasking_strategy", r.remasking_strategy,
            f"one of {', '.join(STRATEGIES)}")
-    _check(0 < float(r.dynamic_threshold) <= 1, "rollout.dynamic_threshold", r.dynamic_threshold, "in (0, 1]")
-    _check(0 <= float(r.random_init_ratio) < 1, "rollout.random_init_ratio", r.random_init_ratio, "in [0, 1)")
-    _check(r.batch_size is None or int(r.batch_size) >= 0, "rollout.batch_size", r.batch_size, ">= 0 (0 = all at once)")
+    _check(0 < number_setting(r, "rollout.dynamic_threshold", float) <= 1, "rollout.dynamic_threshold", r.dynamic_threshold,
+           "in (0, 1]")
+    _check(0 <= number_setting(r, "rollout.random_init_ratio", float) < 1, "rollout.random_init_ratio", r.random_init_ratio,
+           "in [0, 1)")
+    _check(r.batch_size is None or number_setting(r, "rollout.batch_size") >= 0, "rollout.batch_size", r.batch_size,
+           ">= 0 (0 = all at once)")
+    number_setting(r, "rollout.seed")
     _check(str(r.dtype) == "auto" or str(r.dtype) in DTYPES, "rollout.dtype", r.dtype,
            f"one of auto, {', '.join(DTYPES)}")
     stops = r.stop_token_list
     _check(stops is None or all(isinstance(t, str) and t for t in stops), "rollout.stop_token_list", stops,
            "a list of non-empty strings")
-    if int(r.tensor_parallel_size) != 1:
+    if r.tensor_parallel_size != 1:
         raise ConfigError("rollout.tensor_parallel_size must be 1: every process holds the whole model; "
                           "scale out with `accelerate launch` (one process per GPU)")
 
@@ -107,11 +120,13 @@ def check_job_config(cfg):
     ev = cfg.evaluation
     check_max_items(ev.max_items)
     _check(str(ev.data_type) in DATA_TYPES, "evaluation.data_type", ev.data_type, f"one of {', '.join(DATA_TYPES)}")
-    _check(int(ev.num_node) >= 1, "evaluation.num_node", ev.num_node, ">= 1")
-    _check(0 <= int(ev.node_index) < int(ev.num_node), "evaluation.node_index", ev.node_index,
+    _check(number_setting(ev, "evaluation.num_node") >= 1, "evaluation.num_node", ev.num_node, ">= 1")
+    _check(0 <= number_setting(ev, "evaluation.node_index") < ev.num_node, "evaluation.node_index", ev.node_index,
            f"in [0, num_node={ev.num_node})")
     _check(isinstance(ev.eval_dataset, str) and ev.eval_dataset.strip(), "evaluation.eval_dataset", ev.eval_dataset,
            "a dataset name or path")
+    _check(isinstance(cfg.experiment.project, str) and cfg.experiment.project.strip(), "experiment.project",
+           cfg.experiment.project, "a non-empty name")
 
 
 def decode_config(rollout_cfg, **overrides):
@@ -225,7 +240,7 @@ def _open_partials(partial_prefix, inputs, state, restart, **where):
     else:
         done = _read_partial(sorted(partial_prefix.parent.glob(pattern)), inputs, **where)
         state.wait_for_everyone()  # every process has read the others' files before any appends
-    if restart or not _has_header(mine):  # new, or only a header cut by a crash
+    if restart or not _has_header(mine):  # new or empty (the header is written atomically)
         atomic_write_text(mine, json.dumps({"t3d_partial_inputs": inputs}) + "\n")
     return done, mine
 
