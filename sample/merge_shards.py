@@ -26,6 +26,11 @@ def merge(paths):
     merged = []
     for path in paths:
         merged.extend(read_records(path))
+    decoded = {(item.get("block_size"), item.get("denoising_steps_per_block"), item.get("remasking_strategy"))
+               for item in merged if "error" not in item}
+    if len(decoded) > 1:  # shards of other runs: training would mix trajectories of other block sizes
+        shown = ", ".join(f"B={b} S={s} {r}" for b, s, r in sorted(decoded, key=str))
+        raise DataError(f"shards were decoded with different settings ({shown}); merge shards of one run only")
     return merged
 
 
@@ -36,9 +41,11 @@ def main():
     args = parser.parse_args()
     try:
         merged = merge(args.shards)
+        atomic_write_json(args.output, merged)
     except DataError as err:
         sys.exit(f"merge_shards.py: error: {err}")
-    atomic_write_json(args.output, merged)
+    except OSError as err:  # output under a file, read-only directory, full disk
+        sys.exit(f"merge_shards.py: error: {err.strerror or err}: {err.filename or args.output}")
     print(f"merged {len(args.shards)} shards, {len(merged)} items -> {args.output}")
 
 

@@ -268,3 +268,23 @@ def test_help_for_the_trainer_config_and_for_config_given():
     with pytest.raises(SystemExit) as exit_:  # the trainers' load_config(argv) call: `-h` with any config=
         load_config([f"config={REPO_ROOT}/configs/sft_sdar.yaml", "-h"])
     assert exit_.value.code == 0
+
+
+def test_merge_shards_refuses_shards_of_other_settings_and_unwritable_output(tmp_path):
+    def shard(name, steps):
+        path = tmp_path / name
+        path.write_text(json.dumps([{"question": "q", "block_size": 4, "denoising_steps_per_block": steps,
+                                     "remasking_strategy": "low_confidence_static"}]))
+        return str(path)
+
+    script = str(REPO_ROOT / "sample" / "merge_shards.py")
+    (tmp_path / "afile").write_text("x")
+    for shards, output, message in [
+        ([shard("outputs-0-eval-m-d.json", 4), shard("outputs-1-eval-m-d.json", 1)], tmp_path / "m.json",
+         "merge_shards.py: error: shards were decoded with different settings (B=4 S=1 low_confidence_static, "
+         "B=4 S=4 low_confidence_static); merge shards of one run only"),
+        ([shard("outputs-0-eval-m-d.json", 4)], tmp_path / "afile" / "m.json", "merge_shards.py: error: Not a directory: "),
+    ]:
+        proc = subprocess.run([sys.executable, script, "--output", str(output), *shards], capture_output=True, text=True)
+        assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(message), proc.stderr
+        assert not (tmp_path / "m.json").exists()

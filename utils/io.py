@@ -1,4 +1,5 @@
 """Dataset / record I/O: JSON or JSONL in, atomic writes out (temp file, then rename)."""
+import errno
 import json
 import os
 import tempfile
@@ -21,7 +22,10 @@ def _name_file(err, path):
 
 def atomic_write_text(path, text):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as err:  # a file where a directory of the path should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), err.filename) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
