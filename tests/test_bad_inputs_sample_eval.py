@@ -113,6 +113,8 @@ CASES = [
     ("sdar_sample.py", "latin-1 data", "{tmp}/toy.json: not UTF-8 text (byte 35: invalid continuation byte)"),
     ("eval.py", "latin-1 data", "{tmp}/toy.json: not UTF-8 text (byte 35: invalid continuation byte)"),
     ("eval.py", "list of numbers", "{tmp}/toy.json: item 0 is a int, expected an object"),
+    ("eval.py", "question is a list", "{tmp}/toy.json: item 1: 'question' is a list, expected a string"),
+    ("eval.py", "answer is a list", "{tmp}/toy.json: item 1: 'ground_truth_answer' is a list, expected a string or number"),
     ("sdar_sample.py", "truncated weights", "{tmp}/ckpt/model.safetensors: truncated or corrupt safetensors file"),
     ("eval.py", "garbage weights", "{tmp}/ckpt/model.safetensors: not a safetensors file"),
     ("sdar_sample.py", "invalid config.json", "{tmp}/ckpt/config.json: not valid JSON at line 3"),
@@ -136,6 +138,10 @@ def test_bad_input_is_one_line_and_writes_nothing(env, monkeypatch, capsys, scri
         data.write_bytes('[{"question": "Combien font 2+2 ? Réponds."}]'.encode("latin-1"))
     elif change == "list of numbers":
         data.write_text("[1, 2]")
+    elif change == "question is a list":
+        data.write_text(json.dumps([ITEMS[0], {"question": ["What is 1+1?"], "ground_truth_answer": "2"}]))
+    elif change == "answer is a list":
+        data.write_text(json.dumps([ITEMS[0], {"question": "What is 1+1?", "ground_truth_answer": ["2"]}]))
     elif change == "output under a file":
         (tmp / "afile").write_text("x")
         out_dir = tmp / "afile" / "out"

@@ -146,6 +146,8 @@ def validate_items(items, data_type, source):
             gold = item.get("ground_truth_answer")
             if gold is None or not str(gold).strip():
                 err = f"no 'ground_truth_answer' to grade against (data_type={data_type})"
+            elif isinstance(gold, (list, dict, bool)):  # str() of it would be graded as the answer
+                err = f"'ground_truth_answer' is a {type(gold).__name__}, expected a string or number"
         if err is not None:
             ident = f" (id {item['id']})" if isinstance(item.get("id"), (str, int)) else ""
             raise DataError(f"{source}: item {i}{ident}: {err}")

@@ -63,6 +63,8 @@ def item_error(item, data_type):
     if data_type not in DATA_TYPES:
         raise DataError(f"unknown data_type '{data_type}': expected one of {', '.join(DATA_TYPES)}")
     question = item.get("question")
+    if question is not None and not isinstance(question, str):
+        return f"'question' is a {type(question).__name__}, expected a string"
     if not isinstance(question, str) or not question.strip():
         return "missing or empty 'question'"
     if data_type == "code" and item.get("test_method", "function") not in ("function", "stdio"):
