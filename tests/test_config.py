@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from utils.config import ConfigError, flatten, load_config, save_config
+from utils.config import ConfigError, flatten, help_text, load_config, save_config
 
 YAML = """
 optimizer:
@@ -62,3 +62,29 @@ def test_float_default_accepts_int_and_saved_config_round_trips(cfg_path, tmp_pa
     saved = OmegaConf.load(out)
     assert saved.lr_scheduler.learning_rate == 1 and saved.model.path == "x"
     assert flatten(cfg)["flags.ratios"] == [1.0, 0.5]
+
+
+def test_help_lists_dotted_keys_with_their_comments_and_exits_0(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["s.py"])
+    path = tmp_path / "h.yaml"
+    path.write_text("# header comment\nrun:\n  steps: 4      # steps per block\n                 # (at most block_size)\n"
+                    "  name: \"x\"\nseed: ???\n")
+    with pytest.raises(SystemExit) as exit_:
+        load_config([f"config={path}", "--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[shown.index(f"keys of {path} (defaults; `???` = required):") + 1:] == [
+        "  run:",
+        "  run.steps=4" + " " * 36 + "# steps per block",
+        " " * 49 + "# (at most block_size)",
+        '  run.name="x"',
+        "  seed=???",
+    ]
+    out = help_text(path, "s.py")
+    assert out.splitlines()[0] == "usage: s.py config=path.yaml [key=value ...]"
+    assert out == "".join(line + "\n" for line in shown)  # the same text, for entry scripts and trainers
+
+
+def test_an_argument_that_is_not_key_value_is_named(cfg_path):
+    with pytest.raises(ConfigError, match=r"^argument 'verbose' is not key=value \(usage: config=path.yaml"):
+        load_config([cfg_path, "model.path=x", "verbose"])

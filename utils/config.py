@@ -71,7 +71,7 @@ def help_text(config_path=None, script=None):
         if not match:
             comment = raw.strip()
             if comment.startswith("#") and stack:  # a continued comment of the key above
-                lines.append(" " * 51 + comment)
+                lines.append(" " * 49 + comment)  # under the comment above
             continue
         indent = len(match["indent"])
         while stack and stack[-1][0] >= indent:
