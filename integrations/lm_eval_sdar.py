@@ -77,7 +77,7 @@ class SDARBlockDiffusionLM(LM):
         except ValueError as err:
             raise ConfigError(f"{NAME} model_args: {err}") from None
         self.seed = int(seed)
-        self._explicit_sampling = {"temperature"} if float(temperature) > 0 else set()
+        self._warn_temperature_override = float(temperature) > 0  # tasks usually pin do_sample=False
         self.batch_size = self._batch_size(batch_size, max_batch_size)
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             if device is not None:  # lm-eval's CLI asks for cuda:0 unless told otherwise
@@ -207,14 +207,15 @@ class SDARBlockDiffusionLM(LM):
         from utils.decoding import DecodeConfig
 
         gen_kwargs = dict(gen_kwargs or {})
-        if not any(key in gen_kwargs for key in ("do_sample", "temperature")):
+        sampling_given = any(key in gen_kwargs for key in ("do_sample", "temperature"))
+        if not sampling_given:  # model_args temperature is the default of requests that do not set one
             gen_kwargs.update(temperature=self.base_config.temperature, do_sample=self.base_config.temperature > 0)
-        elif self._explicit_sampling and float(gen_kwargs.get("temperature", 0)) != self.base_config.temperature:
-            logger.warning("%s: the task's generation_kwargs %s override model_args temperature=%g (set it with "
-                           "--gen_kwargs instead)", NAME, {k: gen_kwargs.get(k) for k in SAMPLING_KEYS if k in gen_kwargs},
-                           self.base_config.temperature)
-            self._explicit_sampling = set()  # say it once
-        kwargs = normalize_gen_kwargs(gen_kwargs, self.base_config.max_new_tokens)
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.base_config.max_new_tokens)  # do_sample=False: T=0
+        if sampling_given and self._warn_temperature_override and kwargs["temperature"] != self.base_config.temperature:
+            logger.warning("%s: the request's generation kwargs (do_sample=%s, temperature=%g) override model_args "
+                           "temperature=%g; set sampling with --gen_kwargs do_sample=True,temperature=...", NAME,
+                           kwargs["do_sample"], kwargs["temperature"], self.base_config.temperature)
+            self._warn_temperature_override = False  # say it once
         until = tuple(kwargs.pop("until"))
         max_new_tokens = kwargs.pop("max_gen_toks")
         unknown = sorted(set(kwargs) - set(SAMPLING_KEYS))

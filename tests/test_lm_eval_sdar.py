@@ -131,11 +131,15 @@ def test_refusals_are_clear(lm, caplog):
         lm.generate_until([request(lm, {"until": [], "num_beams": 4})])
     with pytest.raises(DataError, match=r"toy doc 7: prompt of \d+ tokens \+ max_gen_toks 100000 exceeds"):
         lm.generate_until([request(lm, {"until": [], "max_gen_toks": 100000}, doc_id=7)])
-    fresh = SDARBlockDiffusionLM(pretrained=TINY)
+    fresh = SDARBlockDiffusionLM(pretrained=TINY, temperature=0.5)
     with caplog.at_level("WARNING"):
         fresh.generate_until([request(fresh, {"until": [], "max_gen_toks": 4}, context="Compute 1+2.")],
                              disable_tqdm=True)
     assert "NOT chat-templated" in caplog.text
+    # model_args temperature: the default of requests without sampling settings; a task's do_sample=False wins, loudly
+    assert fresh._request_settings({"until": []})[0].temperature == 0.5
+    assert fresh._request_settings({"until": [], "do_sample": False, "temperature": 0.5})[0].temperature == 0.0
+    assert "override model_args temperature=0.5" in caplog.text
 
 
 def launch(*args, cwd):
@@ -163,3 +167,13 @@ def test_cli_launcher_writes_results_and_cost_beside_them(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("lm_eval_sdar: error: sdar_bd model_args: unknown key 'steps'")
     assert "Traceback" not in bad.stderr
+
+
+def test_math500_task_reads_the_toolkit_dataset(task_manager):
+    """t3d_math500 = the smoke task's prompt and grader over data/MATH500.json (2,000 new tokens)."""
+    if not (REPO_ROOT / "data" / "MATH500.json").is_file():
+        with pytest.raises(DataError, match=r"dataset 'MATH500': no file .*download_data.py --dataset MATH500"):
+            task_manager.load(["t3d_math500"])
+        return
+    task = task_manager.load(["t3d_math500"])["tasks"]["t3d_math500"]
+    assert len(task.test_docs()) == 500 and task.config.generation_kwargs["max_gen_toks"] == 2000
