@@ -219,13 +219,15 @@ def state_problem(state):
     """Why a state directory cannot be loaded (missing or damaged file), or None; checks the manifest."""
     try:
         manifest = json.loads((state / MANIFEST).read_text(encoding="utf-8"))
-        files = manifest["files"]
+        files, _ = dict(manifest["files"]), dict(manifest["fingerprint"])
     except FileNotFoundError:
         return f"{state / MANIFEST} is missing (an unfinished state, or one saved by an older version)"
     except (OSError, ValueError, KeyError, TypeError):
         return f"{state / MANIFEST} is corrupt"
     for name, meta in files.items():
         path = state / name
+        if not isinstance(meta, dict) or not {"bytes", "crc32"} <= set(meta):
+            return f"{state / MANIFEST} is corrupt"
         if not path.is_file():
             return f"{path} is missing"
         if path.stat().st_size != meta["bytes"]:

@@ -16,6 +16,7 @@ from train import checkpoints as ck
 from train.data import Collate, EpochShuffle, ExampleDataset
 from train.optim import learning_rate, make_optimizer, make_scheduler
 from train.runtime import TrainingError, start_tracker
+from utils.cli import error_line
 from utils.config import save_config
 
 SUMMED = ("tokens",)  # logged as totals over the step; every other part is a mean over micro-batches
@@ -67,7 +68,7 @@ def open_run(cfg, accelerator, root, data_path, model_dir):
             state = ck.choose_start(cfg, root, fingerprint, accelerator.print)
             decision = ["resume", str(state)] if state else ["fresh", None]
         except (TrainingError, OSError) as err:  # every rank stops, with the main process's line
-            decision = ["error", str(err)]
+            decision = ["error", error_line(err)]
     decision = broadcast_object_list(decision)
     if decision[0] == "error":
         raise TrainingError(decision[1])
