@@ -60,7 +60,7 @@ def help_text(config_path=None, script=None):
              "Merges the YAML with dotted overrides (e.g. rollout.temperature=0.5); an unknown key, a missing",
              "required key or a value of the wrong type is an error. -h, --help: this text."]
     if config_path is None:
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + ["", "Pass config=<file> with --help to list that config's keys."]) + "\n"
     path = Path(config_path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
