@@ -74,3 +74,30 @@ def test_fingerprint_ignores_paths_logging_and_cadence(tmp_path):
     assert ck.fingerprint_changes(fp(), same) == []
     (model / "model.safetensors").write_bytes(b"other weights")
     assert ck.fingerprint_changes(same, fp()) == ["the initial weights or tokenizer (model.pretrained_model)"]
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_note(run_copy, tiny_dir, capsys, isolated):
+    base, data, out = run_copy
+    metrics = out / RUN / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 3, "lo')  # a kill during the append
+    state = out / RUN / "state" / "step-1"
+    assert train(t3d_argv(data, out, tiny_dir, f"training.resume_from_checkpoint={state}")) == 0
+    assert f"note: {metrics}: dropped a torn last line (line 3, a crash during the write)" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
+
+
+def test_state_problems_name_the_file(tmp_path):
+    state = tmp_path / "step-1"
+    state.mkdir()
+    (state / "a.bin").write_bytes(b"abc")
+    assert ck.state_problem(state) == (f"{state / ck.MANIFEST} is missing (an unfinished state, or one saved by an "
+                                       "older version)")
+    ck.write_manifest(state, {"config": {}}, 1)
+    assert ck.state_problem(state) is None
+    (state / "a.bin").write_bytes(b"abd")
+    assert ck.state_problem(state) == f"{state / 'a.bin'} is corrupt (checksum mismatch)"
+    (state / "a.bin").unlink()
+    assert ck.state_problem(state) == f"{state / 'a.bin'} is missing"
+    (state / ck.MANIFEST).write_text('{"files": {}}')  # no fingerprint
+    assert ck.state_problem(state) == f"{state / ck.MANIFEST} is corrupt"
