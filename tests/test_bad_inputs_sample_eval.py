@@ -267,6 +267,14 @@ def test_help_lists_keys_with_comments_and_exits_0(script):
     assert any(line.startswith("  evaluation.restart=false ") for line in lines)
 
 
+@pytest.mark.slow  # the trainer imports accelerate/DeepSpeed before it reads argv (~10 s)
+def test_trainer_help_lists_its_default_config():
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "self_ddo_sdar_full.py"), "--help"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == help_text(REPO_ROOT / "configs" / "ddo_sdar_full_self.yaml", "self_ddo_sdar_full.py")
+
+
 def test_help_for_the_trainer_config_and_for_config_given():
     text = help_text(REPO_ROOT / "configs" / "ddo_sdar_full_self.yaml", "self_ddo_sdar_full.py")
     assert text.startswith("usage: self_ddo_sdar_full.py config=path.yaml [key=value ...]\n")
