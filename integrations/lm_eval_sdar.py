@@ -11,12 +11,13 @@ is imported. This module registers `sdar_bd` and is also a launcher for lm-eval'
 From Python: `import integrations.lm_eval_sdar`, then `lm_eval.simple_evaluate(model="sdar_bd", ...)`.
 
 `generate_until` groups requests by decoding settings, sorts them by prompt length and decodes batches of
-`--batch_size` with `utils.decoding.generate`. Sequence seeds are `sequence_seeds(seed, doc_id * repeats +
-replica)`, eval.py's `item * k + replica`, so outputs do not depend on batching and equal eval.py's for the
-same prompt. Outputs are cut at the first `until` string (as lm-eval's HF model does); an `until` string that
-is a single token also ends decoding early. The decoding cost (NFE, tokens per forward, generated tokens)
-goes into the results' `config.sdar_cost`, is logged, and the launcher writes it as `sdar_cost_<date>.json`
-beside lm-eval's `results_<date>.json`.
+`--batch_size` with `utils.decoding.generate` (on CPU with `num_threads` threads, default 1 as in eval.py).
+Sequence seeds are `sequence_seeds(seed, doc_id * repeats + replica)`, eval.py's `item * k + replica`, so
+outputs do not depend on batching and equal eval.py's for the same prompt. Outputs are cut at the first
+`until` string (as lm-eval's HF model does); an `until` string that is a single token also ends decoding
+early. The decoding cost (NFE, tokens per forward, generated tokens) goes into the results'
+`config.sdar_cost`, is printed, and the launcher writes it as `sdar_cost_<date>.json` beside lm-eval's
+`results_<date>.json`.
 """
 import json
 import logging
@@ -42,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 NAME = "sdar_bd"
 MODEL_ARGS = ("pretrained", "block_size", "denoising_steps", "remasking", "dynamic_threshold", "temperature",
-              "top_k", "top_p", "max_gen_toks", "seed", "dtype", "device", "batch_size", "max_batch_size")
+              "top_k", "top_p", "max_gen_toks", "seed", "dtype", "device", "num_threads", "batch_size",
+              "max_batch_size")
 SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")  # the gen_kwargs the decoder honours besides
 DEFAULT_AUTO_BATCH = 64                                          # until and max_gen_toks
 LOGLIKELIHOOD_MESSAGE = (
@@ -56,7 +58,8 @@ class SDARBlockDiffusionLM(LM):
 
     def __init__(self, pretrained=None, block_size=4, denoising_steps=4, remasking="low_confidence_static",
                  dynamic_threshold=0.9, temperature=0.0, top_k=0, top_p=1.0, max_gen_toks=256, seed=0,
-                 dtype="auto", device=None, batch_size=1, max_batch_size=None, trust_remote_code=None, **unknown):
+                 dtype="auto", device=None, num_threads=1, batch_size=1, max_batch_size=None, trust_remote_code=None,
+                 **unknown):
         super().__init__()
         import torch
 
@@ -77,11 +80,12 @@ class SDARBlockDiffusionLM(LM):
         except ValueError as err:
             raise ConfigError(f"{NAME} model_args: {err}") from None
         self.seed = int(seed)
+        self.num_threads = int(num_threads)  # CPU only, as eval.py's evaluation.num_threads; 0 = torch's default
         self._warn_temperature_override = float(temperature) > 0  # tasks usually pin do_sample=False
         self.batch_size = self._batch_size(batch_size, max_batch_size)
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-            if device is not None:  # lm-eval's CLI asks for cuda:0 unless told otherwise
-                logger.warning("%s: device %s requested but CUDA is not available; using the CPU", NAME, device)
+            if device is not None:  # lm-eval's CLI asks for cuda:0 unless told otherwise: not worth a warning
+                logger.info("%s: device %s requested but CUDA is not available; using the CPU", NAME, device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":
             dtype = "bf16" if str(device).startswith("cuda") else "fp32"
@@ -132,16 +136,16 @@ class SDARBlockDiffusionLM(LM):
                                                   continue_final_message=not add_generation_prompt)
 
     def generate_until(self, requests, disable_tqdm=False):
+        import torch
         from tqdm.auto import tqdm
 
-        from utils.decoding import generate, sequence_seeds
         from utils.prompting import encode_prompt
 
         if requests and not self._chat_templated and self.tokenizer.chat_template:
             logger.warning("%s: prompts are NOT chat-templated (no --apply_chat_template); eval.py and SDAR chat "
                            "checkpoints use the chat template, so these numbers are not comparable to eval.py's", NAME)
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
-        groups, configs = defaultdict(list), {}  # (settings, stop ids, until) -> request indices
+        groups = {}  # one per (settings, stop ids, until): (DecodeConfig, stop ids, until, request indices)
         prompts, seed_index, replicas = [], [], Counter()
         for j, req in enumerate(requests):
             context, gen_kwargs = req.args
@@ -160,15 +164,31 @@ class SDARBlockDiffusionLM(LM):
                 replica = replicas[req.task_name, req.doc_id]
                 replicas[req.task_name, req.doc_id] += 1
                 seed_index.append(req.doc_id * (req.repeats or 1) + replica)
-            key = (astuple(cfg), stops, until)  # DecodeConfig itself is not hashable
-            configs[key] = cfg
-            groups[key].append(j)
+            # DecodeConfig itself is not hashable
+            groups.setdefault((astuple(cfg), stops, until), (cfg, stops, until, []))[3].append(j)
+
+        threads = torch.get_num_threads()
+        if self._device.type == "cpu" and self.num_threads > 0:
+            torch.set_num_threads(self.num_threads)  # process-wide: restored below
+        started = time.perf_counter()
+        try:
+            with tqdm(total=len(requests), desc=f"{NAME} generate_until", disable=disable_tqdm) as bar:
+                outputs = self._decode(requests, groups.values(), prompts, seed_index, bar)
+        finally:
+            torch.set_num_threads(threads)
+        self._decode_seconds += time.perf_counter() - started
+        for task, figures in self.cost_report()["tasks"].items():
+            print(f"{NAME} cost {task}: {figures['sequences']} sequences, {figures['generated_tokens']} generated "
+                  f"tokens, NFE {figures['mean_nfe']:.2f} per sequence, {figures['tokens_per_forward']:.3f} tokens per "
+                  "forward", file=sys.stderr)
+        return outputs
+
+    def _decode(self, requests, groups, prompts, seed_index, bar):
+        """Texts of all requests, each group decoded in length-sorted batches; records the cost of each."""
+        from utils.decoding import generate, sequence_seeds
 
         outputs = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc=f"{NAME} generate_until", disable=disable_tqdm)
-        started = time.perf_counter()
-        for key, members in groups.items():
-            cfg, (_, stops, until) = configs[key], key
+        for cfg, stops, until, members in groups:
             members.sort(key=lambda j: len(prompts[j]))  # similar lengths share a batch: less padding
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start:start + self.batch_size]
@@ -188,12 +208,6 @@ class SDARBlockDiffusionLM(LM):
                         "settings": (cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)})
                     self.cache_hook.add_partial("generate_until", requests[j].args, outputs[j])
                 bar.update(len(chunk))
-        bar.close()
-        self._decode_seconds += time.perf_counter() - started
-        for task, figures in self.cost_report()["tasks"].items():
-            print(f"{NAME} cost {task}: {figures['sequences']} sequences, {figures['generated_tokens']} generated "
-                  f"tokens, NFE {figures['mean_nfe']:.2f} per sequence, {figures['tokens_per_forward']:.3f} tokens per "
-                  "forward", file=sys.stderr)
         return outputs
 
     def get_model_info(self):

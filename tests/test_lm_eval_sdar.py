@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
@@ -110,7 +111,9 @@ def test_batching_does_not_change_outputs(lm):
     reqs = [request(lm, {"until": [], "do_sample": True, "temperature": 1.0, "max_gen_toks": 24}, doc_id=d)
             for d in range(5)]
     lm.batch_size = 1
-    one_by_one = lm.generate_until(reqs, disable_tqdm=True)
+    threads = torch.get_num_threads()
+    one_by_one = lm.generate_until(reqs, disable_tqdm=True)  # on 1 CPU thread (num_threads=1), then restored
+    assert torch.get_num_threads() == threads
     lm.batch_size = 5
     assert lm.generate_until(reqs, disable_tqdm=True) == one_by_one
     assert len(set(one_by_one)) > 1  # per-document seeds: not five copies of one sample
