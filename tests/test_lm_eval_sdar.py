@@ -11,7 +11,7 @@ from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
-from integrations.lm_eval_sdar import SDARBlockDiffusionLM
+from integrations.lm_eval_sdar import MODEL_ARGS, SDARBlockDiffusionLM, main
 from utils.checkpoint import REPO_ROOT
 from utils.config import ConfigError, load_config
 from utils.evaluation import run_eval_job
@@ -166,10 +166,19 @@ def test_cli_launcher_writes_results_and_cost_beside_them(tmp_path):
     assert cost["tasks"][TASK]["tokens_per_forward"] == pytest.approx(row["tokens_per_forward"], abs=1e-12)
     assert f"| {TASK} | 16 |" in proc.stdout and str(cost_file) in proc.stdout
 
-    bad = launch(*args[:2], "--model_args", f"pretrained={TINY},steps=1", *args[4:], cwd=tmp_path)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("lm_eval_sdar: error: sdar_bd model_args: unknown key 'steps'")
-    assert "Traceback" not in bad.stderr
+
+@pytest.mark.slow  # lm-eval's CLI indexes its ~10,000 task files first
+def test_launcher_error_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # main() hands its arguments to lm-eval's CLI through sys.argv
+    monkeypatch.delenv("T3D_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "sdar_bd", "--model_args", f"pretrained={TINY},steps=1", "--tasks", TASK, "--include_path",
+              str(TASKS_DIR), "--output_path", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == ("lm_eval_sdar: error: sdar_bd model_args: unknown key 'steps'; expected "
+                                            "one of " + ", ".join(MODEL_ARGS))
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_math500_task_reads_the_toolkit_dataset(task_manager):
