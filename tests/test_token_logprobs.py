@@ -5,41 +5,11 @@ import math
 import pytest
 import torch
 
+from benchmarks.bench_loss_memory import full_logits_sft_loss, full_logits_t3d_micro_step  # the oracle
 from models.sdar import SDARConfig, SDARForCausalLM
-from train import losses, noising
+from train import losses
 from train import token_logprobs as tlp
-from train.objectives import T3DSettings, noisy_logits, sft_micro_step, t3d_micro_step
-
-
-# ------------------------------------------------------------------ oracle: the full-logits objectives as they were
-
-def full_logits_t3d_micro_step(model, ref_model, batch, epoch, s):
-    noise = noising.t3d_noise(batch, epoch, s.seed, s.block_size, s.mask_id, s.mask_strategy, s.mask_ratios,
-                              s.mask_ratio_exponent, s.random_ratio, s.vocab_ids)
-    real, masked = batch["response_ids"], noise["masked"]
-    with torch.no_grad():
-        ref_logits = noisy_logits(ref_model, batch, noise["noisy"], s.block_size)
-        u = noising.uniform(s.seed, epoch, noising.FAKE_SAMPLE, batch["index"], real.shape[1])
-        fake = losses.fake_tokens(ref_logits, s.reference_temp, u)
-        ref_logp = torch.log_softmax(ref_logits.float(), -1)
-        ref_real = losses.masked_mean(losses.token_logp(ref_logp, real), masked)
-        ref_fake = losses.masked_mean(losses.token_logp(ref_logp, fake), masked)
-    logp = torch.log_softmax(noisy_logits(model, batch, noise["noisy"], s.block_size).float(), -1)
-    tok_real = losses.token_logp(logp, real)
-    ddo, ddo_real, ddo_fake = losses.ddo_loss(
-        losses.masked_mean(tok_real, masked), ref_real, losses.masked_mean(losses.token_logp(logp, fake), masked),
-        ref_fake, s.alpha, s.beta)
-    real_pos = torch.arange(real.shape[1])[None] < batch["real_len"][:, None]
-    path = losses.path_loss(-tok_real, noise["rank"], real_pos, s.path_k_steps, s.block_size)
-    loss = ddo + s.lambda_path * path
-    return loss, {"loss": loss, "ddo_real": ddo_real, "ddo_fake": ddo_fake, "path": path}
-
-
-def full_logits_sft_micro_step(model, batch, epoch, seed, block_size, mask_id):
-    noise = noising.sft_noise(batch, epoch, seed, block_size, mask_id)
-    logits = noisy_logits(model, batch, noise["noisy"], block_size)
-    logp = losses.token_logp(torch.log_softmax(logits.float(), -1), batch["response_ids"])
-    return losses.masked_ce(logp, noise["masked"])
+from train.objectives import T3DSettings, sft_micro_step, t3d_micro_step
 
 
 # ------------------------------------------------------------------ helpers
@@ -61,7 +31,7 @@ def random_model(vocab, hidden=32, layers=1, tie=False, seed=0):
                         tie_word_embeddings=tie, pad_token_id=0, mask_token_id=vocab - 1, block_size=4)
     torch.manual_seed(seed)
     model = SDARForCausalLM(config)
-    with torch.no_grad():  # a spread-out output distribution: fake tokens differ from argmax ties, logp far from uniform
+    with torch.no_grad():  # a spread-out distribution: log-probs far from uniform, samples far from argmax
         model.lm_head.weight.normal_(0, 0.5)
     return model
 
@@ -150,6 +120,41 @@ def test_reference_choice_equals_full_tensor_argmax_and_sample():
         assert not torch.equal(fake, logits.argmax(-1))  # the sample is not the argmax here
 
 
+def test_head_runs_between_lm_head_hooks_as_zero3_needs():
+    """ZeRO-3 keeps lm_head's weight partitioned (empty) except between its forward pre-hook and forward hook,
+    and regathers it before the module's backward; simulated here with the same hooks."""
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(4, 10, bias=False)
+    full = torch.randn(10, 4, generator=g)
+    head.weight.data = torch.empty(0)
+    events = []
+
+    def gather(*_):
+        events.append("gather")
+        head.weight.data = full
+
+    def release(*_):
+        events.append("release")
+        head.weight.data = torch.empty(0)
+
+    head.register_forward_pre_hook(gather)
+    head.register_forward_hook(release)
+    head.register_full_backward_pre_hook(gather)
+    hidden = torch.randn(2, 3, 4, generator=g, requires_grad=True)
+    tokens = torch.randint(0, 10, (2, 3, 2), generator=g)
+    out = tlp.token_logprobs(tokens, budget_bytes=2 * 10 * 4)(hidden, head)
+    assert events == ["gather", "release"]
+    out.sum().backward()
+    assert events == ["gather", "release", "gather"]
+    oracle_w = full.clone().requires_grad_()
+    oracle_h = hidden.detach().clone().requires_grad_()
+    want = torch.log_softmax(oracle_h @ oracle_w.T, -1).gather(-1, tokens)
+    want.sum().backward()
+    assert torch.allclose(out, want, atol=1e-6, rtol=0)
+    assert torch.allclose(hidden.grad, oracle_h.grad, atol=1e-6)
+    assert torch.allclose(head.weight.grad, oracle_w.grad, atol=1e-6)
+
+
 # ------------------------------------------------------------------ the objectives equal the oracle
 
 @pytest.mark.parametrize("strategy, temperature, lambda_path", [
@@ -190,19 +195,28 @@ def test_sft_step_equals_full_logits(tie):
     new = loss_and_grads(lambda m: (lambda l: (l, {"loss": l}))(
         sft_micro_step(m, batch, 2, 11, 4, vocab - 1, logits_budget_bytes=budget)[0]), model)
     old = loss_and_grads(lambda m: (lambda l: (l, {"loss": l}))(
-        full_logits_sft_micro_step(m, batch, 2, 11, 4, vocab - 1)), model)
+        full_logits_sft_loss(m, batch, 2, 11, 4, vocab - 1)), model)
     assert_same(new, old, 1e-6)
     assert ("lm_head.weight" in new[1]) == (not tie)
 
 
-def test_bf16_step_matches_full_logits_to_bf16_rounding():
+@pytest.mark.parametrize("mode", ["bf16 weights", "autocast"])
+def test_bf16_step_matches_full_logits_to_bf16_rounding(mode):
+    """bf16 weights, or fp32 weights under bf16 autocast (accelerate's mixed_precision=bf16)."""
     vocab = 300
-    model = random_model(vocab, hidden=32, seed=4).to(torch.bfloat16).train()
-    ref = random_model(vocab, hidden=32, seed=5).to(torch.bfloat16).eval()
+    model = random_model(vocab, hidden=32, seed=4).train()
+    ref = random_model(vocab, hidden=32, seed=5).eval()
+    if mode == "bf16 weights":
+        model, ref = model.to(torch.bfloat16), ref.to(torch.bfloat16)
     batch = batch_of(vocab, seed=3)
     s = settings(vocab, 4, reference_temp=0.5)
-    new = loss_and_grads(lambda m: t3d_micro_step(m, ref, batch, 0, s), model)
-    old = loss_and_grads(lambda m: full_logits_t3d_micro_step(m, ref, batch, 0, s), model)
+
+    def run(step):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+            return loss_and_grads(lambda m: step(m, ref, batch, 0, s), model)
+
+    new, old = run(t3d_micro_step), run(full_logits_t3d_micro_step)
+    assert all(g.dtype == next(model.parameters()).dtype for g in new[1].values())
     for k in old[0]:  # log-probs are fp32 in both; only bf16 logits/matmuls can round differently
         assert new[0][k] == pytest.approx(old[0][k], rel=1e-3), k
     for n in old[1]:
