@@ -163,15 +163,16 @@ def test_t3d_step_equals_full_logits_on_the_tiny_model(tiny, strategy, temperatu
     base, tokenizer = tiny
     vocab = base.config.vocab_size
     model, ref = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
+    g = torch.Generator().manual_seed(0)  # seeded: the loss must not depend on what ran before in the process
     with torch.no_grad():  # target != reference, so the DDO terms and their gradients are not at a symmetric point
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
     batch = batch_of(vocab)
     s = settings(vocab, 7, mask_strategy=strategy, reference_temp=temperature, lambda_path=lambda_path)
     new = loss_and_grads(lambda m: t3d_micro_step(m, ref, batch, 1, s), model)
     old = loss_and_grads(lambda m: full_logits_t3d_micro_step(m, ref, batch, 1, s), model)
     assert_same(new, old, 1e-6)
-    assert new[0]["loss"] != pytest.approx(math.log(2) * (1 + s.alpha), abs=1e-3)
+    assert abs(new[0]["loss"] - math.log(2) * (1 + s.alpha)) > 2e-3, new[0]["loss"]  # seeded: 4e-3 to 7e-3 away
 
 
 @pytest.mark.parametrize("temperature, lambda_path", [(0.0, 0.2), (1.0, 0.0)])
