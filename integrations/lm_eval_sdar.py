@@ -180,7 +180,7 @@ class SDARBlockDiffusionLM(LM):
         for task, figures in self.cost_report()["tasks"].items():
             print(f"{NAME} cost {task}: {figures['sequences']} sequences, {figures['generated_tokens']} generated "
                   f"tokens, NFE {figures['mean_nfe']:.2f} per sequence, {figures['tokens_per_forward']:.3f} tokens per "
-                  "forward", file=sys.stderr)
+                  f"forward ({figures['tokens_per_forward_no_prefill']:.3f} without the prefill)", file=sys.stderr)
         return outputs
 
     def _decode(self, requests, groups, prompts, seed_index, bar):
@@ -196,14 +196,16 @@ class SDARBlockDiffusionLM(LM):
                                pad_id=self.tokenizer.pad_token_id, stop_ids=stops,
                                seeds=sequence_seeds(self.seed, [seed_index[j] for j in chunk]))
                 self._batch_forwards += out.batch_forwards
-                for j, ids, nfe, finished in zip(chunk, out.token_ids, out.nfe, out.finished):
+                for j, ids, nfe, prefill, finished in zip(chunk, out.token_ids, out.nfe, out.prefill_nfe,
+                                                          out.finished):
                     # a model stop token (EOS, end of turn) ends the text, as in HF generation; a one-token
                     # `until` string stays in it and is cut below with the others
                     eos_end = finished and ids[-1] in self.stop_ids
                     text = self.tokenizer.decode(ids[:-1] if eos_end else ids, skip_special_tokens=False)
                     outputs[j] = postprocess_generated_text(text, list(until), None)
                     self._records.append({
-                        "task": requests[j].task_name, "tokens": len(ids), "nfe": nfe, "finished": finished,
+                        "task": requests[j].task_name, "tokens": len(ids), "nfe": nfe, "prefill": prefill,
+                        "finished": finished,
                         "stopped_by_until": len(outputs[j]) < len(text),
                         "settings": (cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)})
                     self.cache_hook.add_partial("generate_until", requests[j].args, outputs[j])
@@ -261,7 +263,8 @@ class SDARBlockDiffusionLM(LM):
 
         def figures(records):
             lengths, nfes = [r["tokens"] for r in records], [r["nfe"] for r in records]
-            out = summarize([{"response_length": lengths, "nfe": nfes}],
+            out = summarize([{"response_length": lengths, "nfe": nfes,
+                              "prefill_nfe": [r["prefill"] for r in records]}],
                             {"seconds": self._decode_seconds, "batch_forwards": self._batch_forwards, "processes": 1})
             out.pop("failed_items")
             return {**out, "generated_tokens": sum(lengths), "nfe": sum(nfes),
@@ -287,10 +290,11 @@ class SDARBlockDiffusionLM(LM):
 # ----------------------------------------------------------------------------------------------------- launcher
 def cost_table(cost):
     """Markdown table of a cost report, one row per task."""
-    rows = ["| task | sequences | generated tokens | NFE/sequence | tokens/forward | stopped by until |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| task | sequences | generated tokens | NFE/sequence | tokens/forward | tokens/forward without prefill "
+            "| stopped by until |", "|---|---:|---:|---:|---:|---:|---:|"]
     rows += [f"| {task} | {f['sequences']} | {f['generated_tokens']} | {f['mean_nfe']:.2f} | "
-             f"{f['tokens_per_forward']:.3f} | {f['stopped_by_until']} |" for task, f in cost["tasks"].items()]
+             f"{f['tokens_per_forward']:.3f} | {f['tokens_per_forward_no_prefill']:.3f} | {f['stopped_by_until']} |"
+             for task, f in cost["tasks"].items()]
     return "\n".join(rows) + "\n"
 
 

@@ -157,7 +157,7 @@ def eval_command(checkpoints, dataset, output_dir, project, *, steps=(4, 2, 1), 
 def sweep_rows(output_dir, project, dataset):
     """eval.py's sweep.json rows for a dataset (name or path)."""
     path = Path(output_dir) / project / "results" / f"sweep-{Path(str(dataset)).stem}" / "sweep.json"
-    return json.loads(path.read_text(encoding="utf-8")), path
+    return json.loads(path.read_text(encoding="utf-8"))["rows"], path
 
 
 def subset(src, dest, start, stop):

@@ -124,14 +124,14 @@ class Experiment:
 
     # ------------------------------------------------------------------------------------------- report
     def stage_report(self):
-        from utils.evaluation import plot_sweep
+        from utils.evaluation import aup_rows, plot_sweep
         from utils.io import atomic_write_json, atomic_write_text, read_records
 
         dataset = self.eval_dataset()
         rows, sweep = pl.sweep_rows(self.out, f"eval_{self.args.split}", dataset)
         items = read_records(dataset)
         for row in rows:
-            row["valid"] = valid_share(sweep.parent.parent, row, dataset, items)
+            row["valid"] = valid_share(row, items)
         summary = summarize(rows, self.steps)
         goal = goal_check(summary, max(self.steps), min(self.steps))
         results = Path(self.args.results)
@@ -157,7 +157,7 @@ class Experiment:
                       "accuracy": s["by_steps"][str(S)]["accuracy_mean"]}
                      for s in summary.values() for S in self.steps]
         plot_sweep(mean_rows, results / "accuracy_vs_tokens_per_forward.png",
-                   f"{dataset.stem} (B=4, greedy; trained models: mean of {len(self.seeds)} seeds)")
+                   f"{dataset.stem} (B=4, greedy; trained models: mean of {len(self.seeds)} seeds)", aup_rows(mean_rows))
         atomic_write_text(results / "commands.sh", commands_script(history))
         print((results / "table.md").read_text())
 
@@ -173,11 +173,11 @@ class Experiment:
         return list(latest.values())
 
 
-def valid_share(results_root, row, dataset, items):
+def valid_share(row, items):
     """Share of outputs that are exactly one of the item's valid phrasings (items carry `solutions`)."""
     if not all("solutions" in it for it in items):
         return None
-    run_dir = results_root / f"{row['checkpoint']}-{dataset.stem}" / f"S{row['denoising_steps_per_block']}"
+    run_dir = Path(row["run_dir"])  # eval.py's result directory of this (checkpoint, setting)
     records = [json.loads(line) for line in (run_dir / "items.jsonl").read_text(encoding="utf-8").splitlines() if line]
     special = re.compile(r"<\|[^|]*\|>")
     ok = [special.sub("", r.get("output") or "").strip() in {s.strip() for s in items[r["index"]]["solutions"]}

@@ -57,7 +57,17 @@ def test_exact_step_maps_static(steps, expected_steps, expected_nfe):
     assert out.step_maps == [expected_steps]
     assert out.token_ids == [[10 + p % 7 for p in range(4, 12)]]
     assert out.nfe == [expected_nfe]  # 1 prefill + steps actually used
+    assert out.prefill_nfe == [1]
     assert out.finished == [False]
+
+
+def test_prefill_is_counted_only_for_prompts_with_a_complete_block():
+    cfg = DecodeConfig(block_size=4, steps_per_block=2, max_new_tokens=6)
+    out = generate(PositionModel(), [[20, 21], [20, 21, 22, 23, 24]], cfg, mask_id=MASK, pad_id=PAD)
+    assert out.prefill_nfe == [0, 1]  # P = 2: nothing to prefill; P = 5: one complete block
+    assert out.nfe == [1 + 2, 1 + 2 + 2]  # P = 2: the first block's 2 masks go in its first step (2 per step)
+    out = generate(PositionModel(), [[20, 21, 22, 23]], cfg, mask_id=MASK, pad_id=PAD, mode="recompute")
+    assert out.prefill_nfe == [0]  # no cache: every step re-reads the prompt, no separate prefill
 
 
 def test_prompt_tail_is_never_overwritten_and_gets_no_step():

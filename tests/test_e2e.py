@@ -85,7 +85,7 @@ def test_t3d_checkpoint_loads_and_runs(run):
 def test_eval_metrics_and_table(run):
     out, stdout = run
     results = out / "eval" / "results"
-    rows = json.loads((results / "sweep-quickstart_test" / "sweep.json").read_text())
+    rows = json.loads((results / "sweep-quickstart_test" / "sweep.json").read_text())["rows"]
     assert {(r["checkpoint"], r["denoising_steps_per_block"]) for r in rows} == {("base", 4), ("base", 1), ("t3d", 4), ("t3d", 1)}
     for r in rows:
         assert r["items"] == 8 and 0.0 <= r["accuracy"] <= 1.0

@@ -12,7 +12,7 @@ from utils.checkpoint import REPO_ROOT
 from utils.config import ConfigError, load_config
 from utils.decoding import DecodeOutput
 from utils.io import DataError
-from utils.evaluation import checkpoint_list, run_eval_job, sweep_settings
+from utils.evaluation import aup_rows, checkpoint_list, run_eval_job, sweep_settings
 
 MATH = [{"id": f"q{a}", "question": f"What is {a}+{a}?", "ground_truth_answer": str(2 * a)} for a in (1, 2, 3)]
 
@@ -46,6 +46,7 @@ def fake_decoder(tokenizer, answers, nfes):
                                  + [tokenizer.eos_token_id])
             out.step_maps.append(list(range(1, len(out.token_ids[-1]) + 1)))
             out.nfe.append(nfes[question][r])
+            out.prefill_nfe.append(1)
             out.finished.append(True)
         return out
 
@@ -87,6 +88,7 @@ def test_metrics_of_a_fixed_run_equal_hand_computed_values(tmp_path, tiny_dir, t
     assert m["mean_nfe"] == pytest.approx(20 / 6)
     assert m["mean_response_length"] == pytest.approx(sum(lengths) / 6)
     assert m["tokens_per_forward"] == pytest.approx(sum(lengths) / 20)
+    assert m["tokens_per_forward_no_prefill"] == pytest.approx(sum(lengths) / (20 - 6))  # one prefill each
     assert m["tokens_per_second"] == pytest.approx(sum(lengths) / m["decode_seconds"])
     assert m["setting"] == "S=1" and m["block_size"] == 4 and m["batch_forwards"] == 7
 
@@ -127,11 +129,29 @@ def test_sweep_over_checkpoints_and_settings_writes_table_and_plot(tmp_path, tin
     sweep = results / "sweep-toy"
     table = (sweep / "sweep.md").read_text().splitlines()
     assert table[0] == "# toy: block size 4" and table[2].startswith("| checkpoint | setting | accuracy |")
-    assert len([line for line in table if line.startswith("| base") or line.startswith("| t3d")]) == 8
-    assert json.loads((sweep / "sweep.json").read_text()) == rows
+    assert len([line for line in table[2:12] if line.startswith("| base") or line.startswith("| t3d")]) == 8
+    scores = aup_rows(rows)  # numbers: test_aup_per_method_of_a_sweep_equals_hand_computed_values
+    assert all(f"| {s['method']} | {s['aup']:.2f} |" in "\n".join(table) for s in scores)
+    assert json.loads((sweep / "sweep.json").read_text()) == {"rows": rows, "aup": scores}
     png = (sweep / "sweep.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert (sweep / "config.yaml").is_file()
+
+
+def test_aup_per_method_of_a_sweep_equals_hand_computed_values():
+    def row(checkpoint, kind, setting, tpf, acc):
+        return {"checkpoint": checkpoint, "sweep_kind": kind, "setting": setting, "tokens_per_forward": tpf,
+                "accuracy": acc}
+    rows = [row("base", "steps", "S=4", 1.0, 0.90), row("base", "steps", "S=1", 3.0, 0.88),
+            row("base", "threshold", "τ=0.9", 1.5, 1.00),  # alone: no area, but it sets y_max = 100
+            row("t3d", "steps", "S=4", 1.0, 0.90), row("t3d", "steps", "S=1", 3.0, 0.80)]
+    scores = aup_rows(rows)
+    assert [(s["method"], s["points_used"], s["points"], s["y_max"]) for s in scores] == [
+        ("base", 2, 2, 100.0), ("t3d", 1, 2, 100.0)]
+    # base: 1 * 90 + 1/2 (3 - 1)(88 exp(-3 * 0.12) + 90 exp(-3 * 0.1)); t3d: 80 < 90 - 5 is dropped
+    assert scores[0]["aup"] == pytest.approx(218.0691565556, abs=1e-9)
+    assert scores[1]["aup"] == pytest.approx(90.0)
+    assert aup_rows([row("base", "steps", "S=4", 1.0, 0.0), row("base", "steps", "S=1", 3.0, 0.0)]) == []
 
 
 def test_crashing_code_samples_do_not_stop_the_others(tmp_path, tiny_dir, tiny, monkeypatch):

@@ -67,13 +67,13 @@ def test_markdown_table():
 
 def test_valid_share_reads_items_jsonl(tmp_path):
     items = [{"solutions": ["1+2=3. \\boxed{3}", "The sum is 3. \\boxed{3}"]}, {"solutions": ["2+2=4. \\boxed{4}"]}]
-    run_dir = tmp_path / "base-synthetic_math_val" / "S1"
+    run_dir = tmp_path / "base-synthetic_math_val" / "B4-S1-low_confidence_static-T0-len64-k1-seed0"
     run_dir.mkdir(parents=True)
     outputs = [{"index": 0, "output": "The sum is 3. \\boxed{3}<|im_end|>"}, {"index": 1, "output": "2+2=5. \\boxed{4}"}]
     (run_dir / "items.jsonl").write_text("\n".join(json.dumps(o) for o in outputs) + "\n")
-    r = row("base", 1, 0.5)
-    assert rx.valid_share(tmp_path, r, Path("synthetic_math_val.json"), items) == 0.5
-    assert rx.valid_share(tmp_path, r, Path("synthetic_math_val.json"), [{}, {}]) is None
+    r = dict(row("base", 1, 0.5), run_dir=str(run_dir))  # eval.py's metrics name their result directory
+    assert rx.valid_share(r, items) == 0.5
+    assert rx.valid_share(r, [{}, {}]) is None
 
 
 def test_portable_commands_run_anywhere(tmp_path):

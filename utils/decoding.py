@@ -65,6 +65,7 @@ class DecodeOutput:
     token_ids: list = field(default_factory=list)  # per sequence: generated ids (stop token included)
     step_maps: list = field(default_factory=list)  # per sequence: aligned 1:1 with token_ids
     nfe: list = field(default_factory=list)  # per sequence: forwards it took part in (prefill included)
+    prefill_nfe: list = field(default_factory=list)  # per sequence: of those, prompt prefills (0 or 1)
     finished: list = field(default_factory=list)  # True if a stop token ended it, False if cut at max
     batch_forwards: int = 0  # model calls actually made for the whole batch
 
@@ -177,7 +178,8 @@ def generate(model, prompts, cfg: DecodeConfig, *, mask_id, pad_id, stop_ids=(),
         vocab = vocab_for_random or model.config.vocab_size
         random_pool = torch.tensor([t for t in range(vocab) if t != mask_id and t not in stop_set], device=device)
 
-    out = DecodeOutput(token_ids=[None] * n, step_maps=[None] * n, nfe=[0] * n, finished=[False] * n)
+    out = DecodeOutput(token_ids=[None] * n, step_maps=[None] * n, nfe=[0] * n, finished=[False] * n,
+                       prefill_nfe=[0] * n)
     nfe = torch.zeros(n, dtype=torch.long, device=device)
     step_count = torch.zeros(n, dtype=torch.long, device=device)  # per-row global denoising step
     rows = torch.arange(n, device=device)  # original index of each live row
@@ -206,6 +208,7 @@ def generate(model, prompts, cfg: DecodeConfig, *, mask_id, pad_id, stop_ids=(),
     if c0 > 0 and cache is not None:  # prefill the prompt's complete blocks once
         forward(0, c0, c0, noisy_from=T)
         nfe += (full_blocks > 0).long()  # rows that are all padding there only ride along
+        out.prefill_nfe = (full_blocks > 0).long().tolist()
     pending_commit = False  # a finished block waiting to ride along with the next forward
     for blk in range(n_blocks):
         s_col, e_col = c0 + blk * B, c0 + (blk + 1) * B

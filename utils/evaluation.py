@@ -6,7 +6,7 @@ metrics.json, metrics.md, items.jsonl (one line per replica) and config.yaml (th
 evaluation); <settings> names every setting that changes the result (e.g. B4-S1-low_confidence_static-T0.1-
 len64-k1-seed0), so evaluations of other settings never replace each other; a finished result is only
 replaced by a rerun of the same settings (said on stderr when its weights or data changed). With more than one evaluation it also writes results/sweep-<dataset>/ with sweep.json,
-sweep.md and sweep.png (accuracy against tokens per forward, one line per checkpoint).
+sweep.md and sweep.png (accuracy against tokens per forward, one line per checkpoint, with each method's AUP).
 Under `accelerate launch` decoding is split across processes; grading and writing happen on the main one.
 """
 import copy
@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from . import sandbox
+from .aup import aup
 from .checkpoint import REPO_ROOT, check_checkpoint, resolve_checkpoint
 from .config import ConfigError, save_config
 from .grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
@@ -212,6 +214,7 @@ COLUMNS = [  # (metrics key, header, format); pass@ columns are added after accu
     ("checkpoint", "checkpoint", "{}"), ("setting", "setting", "{}"), ("accuracy", "accuracy", "{:.4f}"),
     ("answer_rate", "answered", "{:.3f}"), ("mean_response_length", "mean len", "{:.1f}"),
     ("mean_nfe", "NFE/sample", "{:.2f}"), ("tokens_per_forward", "tok/fwd", "{:.3f}"),
+    ("tokens_per_forward_no_prefill", "tok/fwd w/o prefill", "{:.3f}"),
     ("tokens_per_second", "tok/s", "{:.1f}"), ("wall_seconds", "wall s", "{:.1f}"),
 ]
 
@@ -229,6 +232,40 @@ def markdown_table(rows):
     return "\n".join(lines) + "\n"
 
 
+def method_name(checkpoint, sweep_kind):
+    return checkpoint + (" (dynamic τ)" if sweep_kind == "threshold" else "")
+
+
+def aup_rows(rows):
+    """AUP (utils/aup.py) of every method of a sweep with at least two settings; a method is a checkpoint's
+    S sweep or its dynamic-threshold sweep. y_max is the sweep's best accuracy, so the scores compare only
+    within this sweep; points are (tokens per forward, accuracy %), the prefill forward included."""
+    y_max = 100 * max((r["accuracy"] for r in rows), default=0.0)
+    methods = {}
+    for r in rows:
+        if r["tokens_per_forward"] > 0:  # nothing decoded: no point
+            methods.setdefault((r["checkpoint"], r["sweep_kind"]), []).append(r)
+    out = []
+    for (checkpoint, kind), mine in methods.items():
+        if len(mine) < 2 or y_max <= 0:
+            continue
+        score, used = aup([(r["tokens_per_forward"], 100 * r["accuracy"]) for r in mine], y_max)
+        out.append({"method": method_name(checkpoint, kind), "checkpoint": checkpoint, "sweep_kind": kind,
+                    "aup": score, "points": len(mine), "points_used": used, "y_max": y_max,
+                    "settings": [r["setting"] for r in mine]})
+    return out
+
+
+def aup_markdown(scores):
+    if not scores:
+        return ""
+    lines = ["", f"AUP (d3LLM's accuracy under parallelism, y_max = {scores[0]['y_max']:.2f}%; points more than 5 "
+             "below a method's lowest-parallelism accuracy are dropped):", "",
+             "| method | AUP | points used |", "|---|---:|---:|"]
+    lines += [f"| {s['method']} | {s['aup']:.2f} | {s['points_used']} of {s['points']} |" for s in scores]
+    return "\n".join(lines) + "\n"
+
+
 def metrics_markdown(metrics):
     """metrics.md: a title and a two-column metric | value table."""
     title = f"# {metrics['checkpoint']} on {metrics['dataset']} ({metrics['setting']}, block size {metrics['block_size']})"
@@ -243,9 +280,10 @@ def metrics_markdown(metrics):
 
 
 # ---------------------------------------------------------------------------------------------------- plot
-def plot_sweep(rows, path, title):
+def plot_sweep(rows, path, title, scores=()):
     """PNG of accuracy against tokens per forward: one colour per checkpoint, S sweeps as solid lines,
-    threshold sweeps dashed, every point labelled with its setting. Written atomically."""
+    threshold sweeps dashed, every point labelled with its setting, AUP (aup_rows) in the legend.
+    Written atomically."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state (Agg renders the PNG)
 
@@ -253,14 +291,17 @@ def plot_sweep(rows, path, title):
     ax = fig.subplots()
     colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    aup_of = {s["method"]: s["aup"] for s in scores}
     for ci, name in enumerate(checkpoints):
         colour = colours[ci % len(colours)]
         mine = [r for r in rows if r["checkpoint"] == name]
         for kind, style, marker, suffix in (("steps", "-", "o", ""), ("threshold", "--", "s", " (dynamic τ)")):
             pts = sorted((r for r in mine if r["sweep_kind"] == kind), key=lambda r: r["tokens_per_forward"])
             if pts:
+                method = method_name(name, kind)
+                label = method + (f", AUP {aup_of[method]:.1f}" if method in aup_of else "")
                 ax.plot([r["tokens_per_forward"] for r in pts], [r["accuracy"] for r in pts], linestyle=style,
-                        marker=marker, color=colour, label=name + suffix, linewidth=1.8, markersize=6)
+                        marker=marker, color=colour, label=label, linewidth=1.8, markersize=6)
         # One label per distinct point ("S=4, τ=0.9" when settings coincide); checkpoints alternate
         # above / below their points so equal results stay readable.
         spots = {}
@@ -277,7 +318,7 @@ def plot_sweep(rows, path, title):
     ax.margins(x=0.1)
     ax.grid(True, alpha=0.3)
     ax.set_title(title, fontsize=11)
-    ax.legend(title="checkpoint", fontsize=9, title_fontsize=9, loc="best")
+    ax.legend(title="method", fontsize=9, title_fontsize=9, loc="best")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +450,8 @@ def evaluate(cfg, state, model, tokenizer, stop_ids, items, *, label, setting, c
     metrics["run_dir"] = str(run_dir)
     metrics["settings"] = result_settings(cfg, data_file, ckpt_path)
     metrics["inputs"] = {key: stats["inputs"][key] for key in ("weights", "tokenizer", "data")}
+    if data_type == "code":  # how the generated code was confined (README: code sandbox)
+        metrics["sandbox"] = sandbox.isolation()
 
     old = _finished(run_dir)
     if old and old.get("inputs") not in (None, metrics["inputs"]):
@@ -470,15 +513,17 @@ def _evaluate_checkpoint(cfg, label, path, runs, items, root, data_file):
 
 
 def write_sweep(rows, cfg, root):
-    """results/sweep-<dataset>/: sweep.json, sweep.md, sweep.png and the run's config."""
+    """results/sweep-<dataset>/: sweep.json ({"rows": [...], "aup": [...]}), sweep.md, sweep.png, the config."""
     dataset, block = dataset_name(cfg), cfg.rollout.block_size
     sweep_dir = root / f"sweep-{dataset}"
-    atomic_write_json(sweep_dir / "sweep.json", rows)
-    atomic_write_text(sweep_dir / "sweep.md", f"# {dataset}: block size {block}\n\n" + markdown_table(rows))
+    scores = aup_rows(rows)
+    atomic_write_json(sweep_dir / "sweep.json", {"rows": rows, "aup": scores})
+    atomic_write_text(sweep_dir / "sweep.md",
+                      f"# {dataset}: block size {block}\n\n" + markdown_table(rows) + aup_markdown(scores))
     k = rows[0]["num_response_per_task"]
     title = (f"{dataset}: accuracy vs tokens per forward (block size {block}, T={float(cfg.rollout.temperature):g}"
              + (f", k={k})" if k > 1 else ")"))
-    plot_sweep(rows, sweep_dir / "sweep.png", title)
+    plot_sweep(rows, sweep_dir / "sweep.png", title, scores)
     save_config(cfg, sweep_dir)
     print(f"wrote {sweep_dir}/sweep.md, sweep.json, sweep.png", file=sys.stderr)
     return sweep_dir
@@ -517,5 +562,5 @@ def run_eval_job(cfg):
         return None
     if len(rows) > 1:
         write_sweep(rows, cfg, root)
-    print(markdown_table(rows), end="")
+    print(markdown_table(rows) + aup_markdown(aup_rows(rows)), end="")
     return rows

@@ -222,7 +222,7 @@ def _read_partial(paths, inputs, *, checkpoint_path, data_source):
             raise ConfigError(f"{path}: partial results of an interrupted run were decoded with "
                               f"{_describe_change(header, inputs, checkpoint_path, data_source)}; {RESTART_HINT}")
         for rec in records[1:]:
-            if isinstance(rec, dict) and {"item", "replica", "ids", "steps", "nfe", "finished"} <= rec.keys():
+            if isinstance(rec, dict) and {"item", "replica", "ids", "steps", "nfe", "prefill", "finished"} <= rec.keys():
                 done[(rec["item"], rec["replica"])] = rec
     return done
 
@@ -316,8 +316,9 @@ def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num
         )
         forwards += out.batch_forwards
         new = [
-            {"item": i, "replica": r, "ids": ids, "steps": sm, "nfe": nfe, "finished": fin}
-            for (i, r), ids, sm, nfe, fin in zip(chunk, out.token_ids, out.step_maps, out.nfe, out.finished)
+            {"item": i, "replica": r, "ids": ids, "steps": sm, "nfe": nfe, "prefill": pre, "finished": fin}
+            for (i, r), ids, sm, nfe, pre, fin in zip(chunk, out.token_ids, out.step_maps, out.nfe, out.prefill_nfe,
+                                                      out.finished)
         ]
         results.extend(new)
         if partial_file is not None:
@@ -358,6 +359,7 @@ def assemble(items, prompts, errors, done, num_responses, tokenizer, data_type, 
             "extracted_output": [extract_answer(t, item, data_type) for t in texts],
             "response_length": [len(rec["ids"]) for rec in recs],
             "nfe": [rec["nfe"] for rec in recs],
+            "prefill_nfe": [rec["prefill"] for rec in recs],
             "finished": [rec["finished"] for rec in recs],
             "block_size": decode_cfg.block_size,
             "denoising_steps_per_block": decode_cfg.steps_per_block,
@@ -370,6 +372,7 @@ def summarize(results, stats):
     """Decoding-cost metrics over all decoded sequences."""
     lengths = [n for item in results if "error" not in item for n in item["response_length"]]
     nfes = [n for item in results if "error" not in item for n in item["nfe"]]
+    prefills = sum(n for item in results if "error" not in item for n in item["prefill_nfe"])
     tokens = sum(lengths)
     return {
         "sequences": len(lengths),
@@ -377,6 +380,8 @@ def summarize(results, stats):
         "mean_response_length": tokens / max(len(lengths), 1),
         "mean_nfe": sum(nfes) / max(len(nfes), 1),
         "tokens_per_forward": tokens / max(sum(nfes), 1),
+        # the prompt's one prefill forward left out: the decoder's own parallelism, whatever the prompt length
+        "tokens_per_forward_no_prefill": tokens / max(sum(nfes) - prefills, 1),
         "batch_forwards": stats["batch_forwards"],  # of the main process
         "processes": stats["processes"],
         "seconds": stats["seconds"],
