@@ -39,3 +39,4 @@ bench:
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_loss_memory.py
