@@ -127,3 +127,28 @@ def test_ddo_gradient_raises_real_and_lowers_fake_relative_to_reference(tiny):
     real = batch["response_ids"]
     assert (seq_logp(model, real) > seq_logp(ref, real)).all()
     assert (seq_logp(model, fake) < seq_logp(ref, fake)).all()
+
+
+def test_lambda_ddo_weighs_the_ddo_term(tiny):
+    """lambda_ddo = 1 is the shipped loss (ddo + lambda_path * path); 0 leaves exactly lambda_path * path."""
+    base, tokenizer = tiny
+    batch = _tiny_batch(tokenizer)
+    ref = copy.deepcopy(base).eval()
+    model = copy.deepcopy(base).train()
+    with torch.no_grad():  # target != reference, so the DDO term is not a constant
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+
+    def step(**kw):
+        s = T3DSettings(seed=0, block_size=4, mask_id=tokenizer.mask_token_id, vocab_ids=torch.arange(10, 200), **kw)
+        with torch.no_grad():
+            return t3d_micro_step(model, ref, batch, 0, s)
+
+    assert T3DSettings(seed=0, block_size=4, mask_id=0, vocab_ids=torch.arange(3)).lambda_ddo == 1.0
+    ddo, _ = step(lambda_path=0.0)
+    full, parts = step(lambda_path=0.2)
+    assert full.item() == (ddo + 0.2 * parts["path"]).item()
+    assert step(lambda_path=0.2, lambda_ddo=1.0)[0].item() == full.item()
+    path_only, parts0 = step(lambda_path=0.2, lambda_ddo=0.0)
+    assert path_only.item() == (0.2 * parts0["path"]).item() and parts0["path"].item() == parts["path"].item()
+    assert ddo.item() > 0.5 and path_only.item() != full.item()

@@ -41,6 +41,7 @@ class T3DSettings:
     reference_temp: float = 0.0
     path_k_steps: int = 4
     lambda_path: float = 0.2
+    lambda_ddo: float = 1.0  # 0 = path loss only (an ablation)
     logits_budget_bytes: int = tlp.LOGITS_BUDGET_BYTES  # one chunk of fp32 logits (memory, not numbers)
 
 
@@ -62,7 +63,7 @@ def t3d_micro_step(model, ref_model, batch, epoch, s):
     )
     real_pos = torch.arange(real.shape[1], device=real.device)[None] < batch["real_len"][:, None]
     path = losses.path_loss(-tok_real, noise["rank"], real_pos, s.path_k_steps, s.block_size)
-    loss = ddo + s.lambda_path * path
+    loss = s.lambda_ddo * ddo + s.lambda_path * path
     return loss, {"loss": loss, "ddo_real": ddo_real, "ddo_fake": ddo_fake, "path": path,
                   "mask_ratio": noise["ratio"].float().mean()}
 
