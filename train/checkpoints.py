@@ -9,6 +9,9 @@ Layout of `{output_dir}/{project}/`:
                                 processes), seconds (compute time of the step, saving excluded)
     ckpt/{name}-step{N}/        weights (safetensors) + tokenizer + config.yaml, loadable by utils.checkpoint.load
     ckpt/{name}/                the final model
+                                (LoRA runs: adapter_config.json naming the base + adapter_model.safetensors +
+                                tokenizer + config.yaml, loadable the same way; merged/ = base + adapter when
+                                model.lora.save_merged)
     state/step-{N}/             accelerator.save_state: model, optimizer, scheduler, RNG, loop position, plus
                                 manifest.json: the run's fingerprint and every file's size and CRC-32
     previous/{UTC time}/        an earlier run's files, moved aside by a fresh start (never deleted)
@@ -26,6 +29,7 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+from train import lora
 from train.runtime import TrainingError
 from utils.config import flatten, save_config
 from utils.io import append_text, atomic_write_json, atomic_write_text
@@ -36,7 +40,7 @@ MANIFEST = "manifest.json"
 NOT_TRAINING = ("wandb.", "experiment.project", "experiment.output_dir", "experiment.start_from_scratch",
                 "experiment.num_node", "experiment.save_every_steps", "experiment.checkpoints_total_limit",
                 "training.resume_from_checkpoint", "training.gradient_checkpointing_enable",
-                "model.pretrained_model", "model.optimized_name", "dataset.optimization_data")
+                "model.pretrained_model", "model.optimized_name", "model.lora.save_merged", "dataset.optimization_data")
 RUN_FILES = ("state", "ckpt", "metrics.jsonl", "config.yaml", "wandb_run_id", "wandb")  # what a fresh start moves aside
 # model-directory files that make a starting point: weights, architecture, tokenizer (not docs or recipes)
 MODEL_FILE = re.compile(r".*\.(safetensors|bin|json|jinja|txt|model|tiktoken)$")
@@ -132,7 +136,8 @@ class _TiedHeadNote(logging.Filter):
     tied embeddings: expected (the tie is restored on load), so only that exact note is dropped."""
 
     def filter(self, record):
-        return "Removed shared tensor {'lm_head.weight'}" not in record.getMessage()
+        # (a LoRA run's key is base_model.model.lm_head.weight)
+        return not re.search(r"Removed shared tensor \{'(base_model\.model\.)?lm_head\.weight'\}", record.getMessage())
 
 
 @contextmanager
@@ -159,15 +164,20 @@ def _tied(accelerator, model):
 
 
 def save_model(accelerator, model, tokenizer, cfg, dest):
-    """save_pretrained (safetensors) + tokenizer + resolved config.yaml, atomically. Called on every rank:
-    get_state_dict gathers ZeRO-3 shards."""
+    """save_pretrained (safetensors; a LoRA run: the adapter, see train.lora.save_adapter) + tokenizer + resolved
+    config.yaml, atomically. Called on every rank: get_state_dict gathers ZeRO-3 shards."""
     dest = Path(dest)
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = dest.parent / f".tmp-{dest.name}"
         with _writing(dest, tmp, _tied(accelerator, model)):
             shutil.rmtree(tmp, ignore_errors=True)
-            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            unwrapped = accelerator.unwrap_model(model)
+            if lora.is_peft(unwrapped):  # the adapter (+ optionally the merged model, with its own tokenizer)
+                if lora.save_adapter(unwrapped, state, tmp, bool(cfg.model.lora.save_merged)) is not None:
+                    tokenizer.save_pretrained(tmp / "merged")
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             save_config(cfg, tmp)
             _publish(tmp, dest)

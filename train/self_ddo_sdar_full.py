@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from train import lora  # noqa: E402
 from train.data import load_examples, resolve_data_path  # noqa: E402
 from train.loop import fit, open_run  # noqa: E402
 from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
@@ -40,6 +41,7 @@ def check_config(cfg):
     for key in ("path_k_steps", "round_interval"):
         if int(tr[key]) < 1:
             raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
+    lora.lora_config(cfg)  # its one-line errors before anything is loaded
     if float(tr.target_temp) != 0.0:
         main_print("note: training.target_temp has no effect (as in the original, the fake sample is the reference's)")
 
@@ -70,7 +72,10 @@ def round_refresher(accelerator, ref, every, epochs):
         done = epoch + 1
         if done % every or done >= epochs:
             return False
-        copy_weights(accelerator, model, ref)
+        if isinstance(ref, lora.AdapterReference):
+            ref.refresh()  # snapshot adapter <- trained adapter
+        else:
+            copy_weights(accelerator, model, ref)
         accelerator.print(f"round {done // every} finished at epoch {done}: reference <- target")
         return True
 
@@ -94,9 +99,18 @@ def main(argv=None):
     # both models are loaded before the Accelerator exists: under ZeRO-3 a model loaded after it comes
     # partitioned, and the reference must stay whole on every rank
     model = load_model(path, "fp32", "cpu").train()
-    ref = frozen_copy(model, cfg)
+    adapters = lora.lora_config(cfg)
+    if adapters is None:
+        ref = frozen_copy(model, cfg)
+    else:  # the reference is this same model without its adapters: no second copy of the weights
+        model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
+                                  snapshot=bool(tr.multi_round), bf16_base=str(tr.mixed_precision) == "bf16")
+        ref = lora.AdapterReference(model, bool(tr.multi_round), int(tr.round_interval))
     accelerator = make_accelerator(cfg, root)
-    ref = ref.to(accelerator.device)
+    if adapters is None:
+        ref = ref.to(accelerator.device)
+    elif zero_stage(accelerator) == 3:
+        raise ConfigError("model.lora is not supported under DeepSpeed ZeRO-3 (use DDP or ZeRO-1/2)")
     if tr.gradient_checkpointing_enable:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     run = open_run(cfg, accelerator, root, data_path, path)
@@ -112,9 +126,10 @@ def main(argv=None):
     refresh = None
     if tr.multi_round:
         refresh = round_refresher(accelerator, ref, int(tr.round_interval), int(tr.num_train_epochs))
+    reference = ref.at if adapters is not None else (lambda epoch: ref)  # (a LoRA snapshot lives in the model state)
     fit(cfg, accelerator, run, model, tokenizer, examples,
-        lambda m, batch, epoch: t3d_micro_step(m, ref, batch, epoch, settings),
-        extra_state=(ref,), on_epoch_end=refresh)
+        lambda m, batch, epoch: t3d_micro_step(m, reference(epoch), batch, epoch, settings),
+        extra_state=(ref,) if adapters is None else (), on_epoch_end=refresh)
 
 
 if __name__ == "__main__":

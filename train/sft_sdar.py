@@ -11,10 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import lora  # noqa: E402
 from train.data import load_examples, resolve_data_path  # noqa: E402
 from train.loop import fit, open_run  # noqa: E402
 from train.objectives import sft_micro_step  # noqa: E402
-from train.runtime import check_common, make_accelerator, run_dir, run_main, setup_process  # noqa: E402
+from train.runtime import check_common, make_accelerator, run_dir, run_main, setup_process, zero_stage  # noqa: E402
 from utils.checkpoint import load_model, load_tokenizer, resolve_checkpoint  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
 from utils.io import check_output_dir  # noqa: E402
@@ -44,6 +45,9 @@ def main(argv=None):
     check_common(cfg)
     if ds.source not in SOURCES:
         raise ConfigError(f"dataset.source must be one of {', '.join(SOURCES)}, got '{ds.source}'")
+    adapters = lora.lora_config(cfg)
+    if adapters is not None and cfg.model.init_from_scratch:
+        raise ConfigError("model.lora needs a pretrained base: set model.init_from_scratch=false")
     check_output_dir(root, "experiment.output_dir")
     setup_process(cfg)
     accelerator = make_accelerator(cfg, root)
@@ -59,6 +63,13 @@ def main(argv=None):
     model = (scratch_model(cfg, tokenizer) if cfg.model.init_from_scratch else load_model(path, "fp32", "cpu")).train()
     accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
                       f" ({'from scratch' if cfg.model.init_from_scratch else path})")
+    if adapters is not None:
+        if zero_stage(accelerator) == 3:
+            raise ConfigError("model.lora is not supported under DeepSpeed ZeRO-3 (use DDP or ZeRO-1/2)")
+        model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
+                                  bf16_base=str(tr.mixed_precision) == "bf16")
+        accelerator.print(f"LoRA: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.3f}M "
+                          "trainable adapter parameters")
     if tr.gradient_checkpointing_enable:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     run = open_run(cfg, accelerator, root, data_path, path)

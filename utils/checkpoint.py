@@ -1,4 +1,8 @@
-"""Find, check, fingerprint and load a checkpoint: a local directory (the embedded default included) or a hub id."""
+"""Find, check, fingerprint and load a checkpoint: a local directory (the embedded default included) or a hub id.
+
+A PEFT adapter directory (adapter_config.json + adapter_model.safetensors, as LoRA training saves) counts as a
+checkpoint too: its base is its adapter_config.json's base_model_name_or_path (resolved the same way), and
+loading it gives base + adapter merged."""
 import hashlib
 import json
 import os
@@ -22,7 +26,8 @@ class CheckpointError(DataError):
 
 # Files whose content determines a decode: the weights (plus the model config) and the tokenizer.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-WEIGHT_FILES = ("config.json", "generation_config.json")
+WEIGHT_FILES = ("config.json", "generation_config.json", "adapter_config.json")
+ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "chat_template", "vocab", "merges")
 _FULL_HASH_BYTES = 64 << 20  # files up to this size are hashed whole
 _SAMPLES, _SAMPLE_BYTES = 64, 64 << 10  # larger ones: header + 64 strided 64 KiB samples + tail
@@ -49,8 +54,11 @@ def _file_digest(path, h):
 
 def content_fingerprint(path):
     """{"weights": hex, "tokenizer": hex}: content hashes of a checkpoint directory's weight and
-    tokenizer files (hub snapshots are directories too), used to refuse resuming across changed inputs."""
+    tokenizer files (hub snapshots are directories too), used to refuse resuming across changed inputs.
+    An adapter directory's weights cover its adapter files and its base's weights."""
     groups = {"weights": hashlib.sha256(), "tokenizer": hashlib.sha256()}
+    if is_adapter(path):
+        groups["weights"].update(f"base\0{content_fingerprint(adapter_base(path))['weights']}\0".encode())
     for file in sorted(Path(path).iterdir()):
         if not file.is_file() or file.name.startswith("."):
             continue
@@ -61,18 +69,49 @@ def content_fingerprint(path):
     return {name: h.hexdigest()[:16] for name, h in groups.items()}
 
 
-def check_checkpoint(path):
-    """Refuse, with one line naming the file, a directory that is not a loadable SDAR checkpoint:
-    config.json must be a JSON object with model_type 'sdar' and each safetensors file must be whole."""
-    path = Path(path)
-    config_file = path / "config.json"
+def _json_object(file):
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         where = f" at line {err.lineno} col {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise CheckpointError(f"{config_file}: not valid JSON{where}") from None
+        raise CheckpointError(f"{file}: not valid JSON{where}") from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def is_adapter(path):
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path):
+    """The resolved base checkpoint of an adapter directory; a one-line CheckpointError when it is missing."""
+    file = Path(path) / ADAPTER_CONFIG
+    base = _json_object(file).get("base_model_name_or_path")
+    if not base:
+        raise CheckpointError(f"{file}: no base_model_name_or_path (the base model this adapter applies to)")
+    try:
+        return resolve_checkpoint(base)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{file}: base model not found: {_first_line(err)}") from None
+
+
+def check_checkpoint(path):
+    """Refuse, with one line naming the file, a directory that is not a loadable SDAR checkpoint:
+    config.json must be a JSON object with model_type 'sdar' and each safetensors file must be whole.
+    An adapter directory: its base must pass, and its adapter must be LoRA and whole; returns the base's config."""
+    path = Path(path)
+    if is_adapter(path):
+        config = check_checkpoint(adapter_base(path))
+        peft_type = _json_object(path / ADAPTER_CONFIG).get("peft_type")
+        if peft_type != "LORA":
+            raise CheckpointError(f"{path / ADAPTER_CONFIG}: peft_type {peft_type!r} is not supported (expected 'LORA')")
+        if not (path / "adapter_model.safetensors").is_file():
+            raise CheckpointError(f"{path / 'adapter_model.safetensors'}: missing (the adapter's weights)")
+        _check_safetensors(path / "adapter_model.safetensors")
+        return config
+    config_file = path / "config.json"
+    config = _json_object(config_file)
     if config.get("model_type") != "sdar":
         raise CheckpointError(f"{config_file}: model_type {config.get('model_type')!r} is not an SDAR "
                               "block-diffusion model (expected 'sdar')")
@@ -105,8 +144,8 @@ def resolve_checkpoint(path_or_id):
     raw = str(path_or_id)
     for candidate in (Path(raw).expanduser(), REPO_ROOT / raw):
         if candidate.is_dir():
-            if not (candidate / "config.json").is_file():
-                raise FileNotFoundError(f"checkpoint directory {candidate} has no config.json")
+            if not (candidate / "config.json").is_file() and not is_adapter(candidate):
+                raise FileNotFoundError(f"checkpoint directory {candidate} has no config.json (nor {ADAPTER_CONFIG})")
             return str(candidate.resolve())
     if raw.startswith(("/", ".", "~")) or raw.count("/") != 1:
         raise FileNotFoundError(f"checkpoint_path '{raw}': no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
@@ -150,7 +189,8 @@ def _first_line(err):
 
 
 def load_model(path, dtype="fp32", device="cpu"):
-    """An SDAR model from a checkpoint directory; anything else is a one-line CheckpointError."""
+    """An SDAR model from a checkpoint directory (an adapter directory: its base with the adapter merged in, a
+    plain model for decoding); anything else is a one-line CheckpointError."""
     import models  # noqa: F401  (registers SDAR with the Auto classes)
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
@@ -159,6 +199,15 @@ def load_model(path, dtype="fp32", device="cpu"):
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise CheckpointError(f"dtype '{dtype}': expected one of {', '.join(DTYPES)}")
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if is_adapter(path):
+        from peft import PeftModel
+
+        base = load_model(adapter_base(path), dtype, "cpu")
+        try:
+            model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+            raise CheckpointError(f"{path}: cannot apply the adapter to its base ({_first_line(err)})") from None
+        return model.to(device).eval()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, SafetensorError) as err:

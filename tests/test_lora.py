@@ -1,0 +1,241 @@
+"""LoRA through PEFT (train/lora.py, the adapter side of utils/checkpoint.py): zero-effect adapters make the first
+T3D step the full one, only the trained adapter learns, the self-play snapshot reference, adapter checkpoints
+through the one loader, config errors; slow: LoRA T3D through the CLI (kill and resume in round 2, ZeRO-1 with
+2 processes, eval.py on the adapter)."""
+import copy
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_losses import _tiny_batch
+from tests.test_train_run import ENV, REPO, RUN, launch, metrics, records_file, t3d_args
+from train import lora
+from train.objectives import T3DSettings, t3d_micro_step
+from utils.checkpoint import CheckpointError, check_checkpoint, content_fingerprint, load_model
+from utils.config import ConfigError, load_config
+
+LORA = ["model.lora.r=4", "model.lora.alpha=8.0"]
+
+
+def lora_cfg(*overrides):
+    return lora.lora_config(load_config(["config=configs/ddo_sdar_full_self.yaml", *LORA, *overrides]))
+
+
+def settings(tokenizer, **kw):
+    return T3DSettings(seed=0, block_size=4, mask_id=tokenizer.mask_token_id, vocab_ids=torch.arange(10, 200),
+                       mask_ratios=(1.0, 0.5), random_ratio=0.1, reference_temp=0.7, **kw)
+
+
+@pytest.fixture
+def adapted(tiny):
+    base, tokenizer = tiny
+    torch.manual_seed(0)
+    return lora.add_adapters(copy.deepcopy(base).train(), lora_cfg(), "/base", snapshot=True), tokenizer
+
+
+def perturb(model, scale=0.05, seed=1):
+    """Non-zero B (trained adapters are not zero-effect)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.default" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def trained_names(model):
+    return {n for n, _ in model.named_parameters() if ".default." in n and "lora_" in n}
+
+
+def test_lora_off_by_default_and_its_config():
+    assert lora.lora_config(load_config(["config=configs/ddo_sdar_full_self.yaml"])) is None
+    for name in ("t3d_tiny", "sft_sdar", "sft_tiny"):
+        assert load_config([f"config=configs/{name}.yaml"]).model.lora.r is None
+    c = lora_cfg("model.lora.target_modules=[q_proj,down_proj]", "model.lora.dropout=0.1")
+    assert (c.r, c.lora_alpha, c.lora_dropout, sorted(c.target_modules)) == (4, 8.0, 0.1, ["down_proj", "q_proj"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.lora.r=0", "model.lora.r must be null (off) or an integer >= 1, got 0"),
+    ("model.lora.r=four", "model.lora.r must be null (off) or an integer >= 1, got 'four'"),
+    ("model.lora.alpha=0", "model.lora.alpha must be a number > 0, got 0"),
+    ("model.lora.dropout=1", "model.lora.dropout must be a number in [0, 1), got 1"),
+    ("model.lora.target_modules=[q_proj,lm_head]", "model.lora.target_modules: unknown module 'lm_head'; choose from "
+                                                    "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
+    ("model.lora.target_modules=[]", "model.lora.target_modules: empty; choose from q_proj"),
+    ("model.lora.target_modules=[q_proj,q_proj]", "model.lora.target_modules lists a module twice: ['q_proj', 'q_proj']"),
+])
+def test_bad_lora_configs_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as err:
+        lora_cfg(override)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_step0_lora_t3d_loss_equals_full_loss_and_only_adapters_learn(tiny, adapted):
+    base, tokenizer = tiny
+    model, _ = adapted
+    batch, s = _tiny_batch(tokenizer), settings(tokenizer)
+    full_loss, full_parts = t3d_micro_step(copy.deepcopy(base).train(), copy.deepcopy(base).eval(), batch, 0, s)
+    ref = lora.AdapterReference(model, rounds=True, every=1)
+    loss, parts = t3d_micro_step(model, ref.at(0), batch, 0, s)
+    assert loss.item() == full_loss.item()  # B = 0: the adapted model is the base, bit for bit
+    assert {k: v.item() for k, v in parts.items()} == {k: v.item() for k, v in full_parts.items()}
+    assert parts["ddo_real"].item() == pytest.approx(math.log(2))
+    loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, p in model.named_parameters() if p.requires_grad} == trained_names(model)
+    assert len(with_grad) == 2 * 7 * 2  # A and B of 7 modules in 2 layers; base and snapshot frozen
+    grads = {n: model.get_parameter(n).grad for n in with_grad}
+    assert all(g.abs().max() > 0 for n, g in grads.items() if "lora_B" in n)
+    assert all((g == 0).all() for n, g in grads.items() if "lora_A" in n)  # dL/dA = B^T (...) = 0 at B = 0
+
+
+def test_snapshot_reference_follows_rounds_and_leaves_training_state(adapted):
+    model, tokenizer = adapted
+    x = torch.randint(10, 200, (2, 8))
+    ref = lora.AdapterReference(model, rounds=True, every=2)
+    perturb(model)
+    with torch.no_grad():
+        target, base = model(input_ids=x).logits, ref.at(1)(input_ids=x).logits
+        assert ref.at(2)(input_ids=x).logits.equal(base)  # snapshot still zero: round 2 reference = base
+        ref.refresh()  # round boundary
+        snap = ref.at(2)(input_ids=x).logits
+        assert ref.at(1)(input_ids=x).logits.equal(base)
+    assert (target - base).abs().max() > 1e-3 and snap.equal(target)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trained_names(model)
+    single = lora.AdapterReference(model, rounds=False, every=2)
+    assert single.at(5) == single._base  # no self-play: always the base
+
+
+def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
+    base = load_model(str(tiny_dir)).train()
+    torch.manual_seed(0)
+    model = lora.add_adapters(base, lora_cfg(), str(tiny_dir))
+    perturb(model)
+    out = tmp_path / "adapter"
+    merged = lora.save_adapter(model, None, out, merged=True).eval()
+    assert {"adapter_config.json", "adapter_model.safetensors", "merged"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_dir)
+    assert not any("lora" in k for k in load_file(str(out / "merged" / "model.safetensors")))
+    x = torch.randint(10, 200, (2, 8))
+    loaded, from_merged_dir = load_model(str(out)), load_model(str(out / "merged"))
+    with torch.no_grad():
+        want = merged(input_ids=x).logits
+        assert loaded(input_ids=x).logits.equal(want) and from_merged_dir(input_ids=x).logits.equal(want)
+        unmerged = model.eval()(input_ids=x).logits  # the PEFT forward: same numbers up to rounding
+    assert (unmerged - want).abs().max() < 1e-4
+    assert check_checkpoint(str(out))["model_type"] == "sdar"
+    # the fingerprint covers the adapter and its base
+    before = content_fingerprint(out)
+    other_base = tmp_path / "base"
+    shutil.copytree(tiny_dir, other_base)
+    config = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(other_base)}))
+    assert content_fingerprint(out)["weights"] != before["weights"]  # (the recorded base path is part of it)
+    moved = content_fingerprint(out)
+    torch.nn.init.zeros_(base.model.norm.weight)
+    base.save_pretrained(other_base)  # the base's weights change
+    assert content_fingerprint(out)["weights"] != moved["weights"]
+    assert content_fingerprint(out)["tokenizer"] == before["tokenizer"]
+    shutil.rmtree(other_base)
+    with pytest.raises(CheckpointError) as err:
+        load_model(str(out))
+    assert str(err.value) == (f"{out / 'adapter_config.json'}: base model not found: checkpoint_path '{other_base}': "
+                              "no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
+
+
+def test_lora_needs_a_pretrained_base_in_sft(capsys, tmp_path):
+    from train.runtime import run_main
+    from train.sft_sdar import main
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, ["config=configs/sft_tiny.yaml", f"experiment.output_dir={tmp_path}", "model.lora.r=4"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "error: model.lora needs a pretrained base: set model.init_from_scratch=false")
+
+
+# ---------------------------------------------------------------------------------------------- CLI (slow)
+COMMON = ["training.batch_size_lm=2", "optimizer.params.learning_rate=1e-2", "training.reference_temp=0.7",
+          "experiment.save_every_steps=1", "experiment.checkpoints_total_limit=null", *LORA]
+
+
+def adapter(out, name="optimized"):
+    return load_file(str(out / RUN / "ckpt" / name / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """One uninterrupted LoRA T3D run, 1 process: 16 records, micro-batch 2 x accumulation 2, 2 rounds of 4 steps."""
+    from utils.checkpoint import load_tokenizer
+
+    tmp = tmp_path_factory.mktemp("lora")
+    data = records_file(load_tokenizer(str(REPO / "models" / "sdar-tiny")), tmp, 16)
+    launch("self_ddo_sdar_full.py", t3d_args(data, tmp / "full", *COMMON, "training.gradient_accumulation_steps=2",
+                                             "training.num_threads=1", "model.lora.save_merged=true"))
+    return data, tmp
+
+
+@pytest.mark.slow
+def test_lora_t3d_cli_kill_and_resume_in_round_2_is_bit_identical_and_evaluates(lora_run, tmp_path):
+    data, tmp = lora_run
+    full = tmp / "full" / RUN
+    rows = metrics(tmp / "full")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[0]["ddo_real"] == rows[4]["ddo_real"] == pytest.approx(math.log(2))  # each round starts at ref = target
+    assert rows[3]["ddo_real"] != pytest.approx(math.log(2))
+    assert {p.name for p in (full / "ckpt" / "optimized").iterdir()} >= {
+        "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "config.yaml", "merged"}
+    assert not (full / "ckpt" / "optimized" / "model.safetensors").exists()  # the adapter, not a copy of the base
+    assert max(v.abs().max().item() for k, v in adapter(tmp / "full").items() if "lora_B" in k) > 1e-3
+
+    args = t3d_args(data, tmp_path, *COMMON, "training.gradient_accumulation_steps=2", "training.num_threads=1",
+                    "model.lora.save_merged=true")
+    cmd = [sys.executable, "train/self_ddo_sdar_full.py", *args]
+    victim = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / RUN / "state"
+    deadline = time.time() + 120
+    while not (state / "step-6").is_dir() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / RUN / "ckpt" / "optimized").exists(), "the run finished before the kill"
+    rerun = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stdout and "epoch 2 of 2" in rerun.stdout  # killed in round 2
+    assert [r["loss"] for r in metrics(tmp_path)] == [r["loss"] for r in rows]
+    want, got = adapter(tmp / "full"), adapter(tmp_path)
+    assert want.keys() == got.keys() and all(want[k].equal(got[k]) for k in want)  # bit-identical
+
+    out = tmp_path / "eval"
+    ev = subprocess.run([sys.executable, "eval.py", "config=configs/eval.yaml", f"experiment.output_dir={out}",
+                         f"evaluation.checkpoint_path={full / 'ckpt' / 'optimized'}", "evaluation.max_items=4"],
+                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    (result,) = (out / "eval" / "results").glob("optimized-*/*/")
+    assert "optimized S=1: accuracy" in ev.stdout and any(result.iterdir())
+
+
+@pytest.mark.slow
+def test_lora_t3d_zero1_two_processes_equals_one_process_and_resumes_exactly(lora_run, tmp_path):
+    data, tmp = lora_run
+    two = t3d_args(data, tmp_path / "two", *COMMON, "training.gradient_accumulation_steps=1")
+    launch("self_ddo_sdar_full.py", two, "cpu_2_processes_deepspeed_zero1", tmp_path)
+    one_rows, two_rows = metrics(tmp / "full"), metrics(tmp_path / "two")
+    assert [r["loss"] for r in two_rows] == pytest.approx([r["loss"] for r in one_rows], abs=1e-5)
+    one, ds = adapter(tmp / "full"), adapter(tmp_path / "two")
+    assert max((one[k] - ds[k]).abs().max().item() for k in one) < 1e-5
+    # the sharded state of round 2 (frozen snapshot adapter included) restores the run exactly
+    state = tmp_path / "two" / RUN / "state" / "step-6"
+    resumed = t3d_args(data, tmp_path / "resumed", *COMMON, "training.gradient_accumulation_steps=1",
+                       f"training.resume_from_checkpoint={state}")
+    launch("self_ddo_sdar_full.py", resumed, "cpu_2_processes_deepspeed_zero1", tmp_path)
+    again = adapter(tmp_path / "resumed")
+    assert all(ds[k].equal(again[k]) for k in ds)
