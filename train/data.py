@@ -10,13 +10,13 @@ pad), `step_map` (same length; the appended pads count as decoded after every re
 `real_len` (response tokens before those pads).
 """
 from collections import Counter
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from utils.checkpoint import REPO_ROOT, stop_token_ids
-from utils.io import DataError, read_records
+from utils.datasets_io import find_file, is_hub, load_records, section_options
+from utils.io import DataError
 from utils.masks import pad_sequences
 from utils.prompting import build_prompt, encode_prompt
 
@@ -30,15 +30,17 @@ class RecordError(DataError):
 
 
 def resolve_data_path(name):
-    """`dataset.optimization_data`: a path to a .json/.jsonl file, or a name under the repo's data/."""
-    raw = Path(str(name)).expanduser()
-    if raw.suffix in (".json", ".jsonl") and raw.is_file():
-        return raw
-    for candidate in (REPO_ROOT / "data" / f"{name}.json", REPO_ROOT / "data" / f"{name}.jsonl"):
-        if candidate.is_file():
-            return candidate
-    expected = REPO_ROOT / "data" / f"{name}.json"
-    raise DataError(f"training data not found: {expected} (dataset.optimization_data='{name}')")
+    """`dataset.optimization_data`: a .json/.jsonl/.parquet/.csv file path, or a name under the repo's data/.
+    Hub datasets are refused: resume fingerprints the training file's bytes, so training reads a local
+    snapshot (data/download_data.py --source hub:<owner>/<name> writes one)."""
+    if is_hub(name):
+        raise DataError(f"dataset.optimization_data='{name}': training reads local files; write a snapshot first with "
+                        f"`python data/download_data.py --source {name} --name <name>` and pass <name>")
+    path = find_file(name)
+    if path is None:
+        raise DataError(f"training data not found: {REPO_ROOT / 'data' / f'{name}.json'} "
+                        f"(dataset.optimization_data='{name}')")
+    return path
 
 
 def _int_list(record, key, where):
@@ -134,11 +136,13 @@ def sft_example(item, index, tokenizer, limits, stops, where, data_type, target_
 
 
 def load_examples(path, tokenizer, *, max_prompt_len, max_gen_length, post_num, skip_invalid, kind="rollout",
-                  data_type="math", target_fields=("solution", "answer"), block_size=4, log=print):
-    """Read and validate every record of `path`. Invalid records raise a one-line DataError naming the
-    record, or with skip_invalid are counted, skipped and summarised. Returns a list of examples."""
-    path = Path(path)
-    records = read_records(path)
+                  data_type="math", target_fields=("solution", "answer"), block_size=4, log=print, dataset_cfg=None):
+    """Read and validate every record of `path` (any utils.datasets_io format), mapped by dataset.columns /
+    dataset.answer_format of `dataset_cfg` (the `dataset:` section, or a dict). Invalid records raise a
+    one-line DataError naming the record, or with skip_invalid are counted, skipped and summarised."""
+    options = section_options(dataset_cfg or {}, "dataset.")
+    path, records = load_records(path, columns=options["columns"], answer_format=options["answer_format"],
+                                 key_prefix="dataset.")
     limits, stops, cache = (max_prompt_len, max_gen_length, post_num), set(stop_token_ids(tokenizer)), {}
     examples, skipped, truncated = [], Counter(), 0
     for i, record in enumerate(records):

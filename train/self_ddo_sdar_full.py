@@ -94,7 +94,7 @@ def main(argv=None):
     examples = load_examples(
         data_path, tokenizer, max_prompt_len=int(tr.max_prompt_len), max_gen_length=int(tr.max_gen_length),
         post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records), block_size=int(tr.block_size),
-        log=main_print,
+        log=main_print, dataset_cfg=cfg.dataset,
     )
     # both models are loaded before the Accelerator exists: under ZeRO-3 a model loaded after it comes
     # partitioned, and the reference must stay whole on every rank

@@ -58,7 +58,7 @@ def main(argv=None):
         data_path, tokenizer, max_prompt_len=int(tr.max_prompt_len),
         max_gen_length=int(tr.max_gen_length), post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records),
         kind="rollout" if ds.source == "rollouts" else "sft", data_type=str(ds.data_type),
-        target_fields=tuple(ds.target_fields), block_size=int(tr.block_size), log=accelerator.print,
+        target_fields=tuple(ds.target_fields), block_size=int(tr.block_size), log=accelerator.print, dataset_cfg=ds,
     )
     model = (scratch_model(cfg, tokenizer) if cfg.model.init_from_scratch else load_model(path, "fp32", "cpu")).train()
     accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"

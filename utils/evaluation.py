@@ -32,7 +32,7 @@ from .grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
 from .io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir
 from .prompting import DATA_TYPES
 from .rollout import (number_setting, check_checkpoint_path, check_job_config, decode_config, item_error, load_items,
-                      rollout, setup, summarize)
+                      dataset_options, rollout, setup, summarize)
 
 DYNAMIC = "low_confidence_dynamic"
 
@@ -539,7 +539,8 @@ def run_eval_job(cfg):
     for run_cfg in runs.values():
         decode_config(run_cfg.rollout)  # invalid settings fail before any model is loaded
     root = check_output_dir(results_root(cfg), "experiment.output_dir")
-    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items)
+    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items,
+                                  **dataset_options(cfg.evaluation))
     validate_items(items, data_type, data_file)
     resolved = {label: resolve_checkpoint(path) for label, path in checkpoints}
     for label, path in checkpoints:  # every checkpoint and finished result checked before the first decode

@@ -20,22 +20,9 @@ from .checkpoint import DTYPES, REPO_ROOT
 from .config import ConfigError
 from .decoding import STRATEGIES, DecodeConfig, generate, sequence_seeds
 from .grading import extract_answer
-from .io import DataError, append_text, atomic_write_text, read_records
+from .datasets_io import load_records, section_options
+from .io import DataError, append_text, atomic_write_text
 from .prompting import DATA_TYPES, build_prompt, encode_prompt
-
-
-def dataset_path(name_or_path):
-    """`MATH500` -> data/MATH500.json under the repo; an existing file path is used as is."""
-    raw = Path(str(name_or_path))
-    is_name = raw.suffix not in (".json", ".jsonl") and len(raw.parts) == 1  # never data/x.json.json
-    names = [REPO_ROOT / "data" / f"{raw}.json", REPO_ROOT / "data" / f"{raw}.jsonl"] if is_name else []
-    for candidate in (raw, REPO_ROOT / raw, *names):
-        if candidate.is_file():
-            return candidate
-    if not is_name:
-        raise DataError(f"{raw}: file not found")
-    raise DataError(f"dataset '{name_or_path}': no file {REPO_ROOT / 'data' / (str(raw) + '.json')} "
-                    f"(run `python data/download_data.py --dataset {raw}` or pass a path)")
 
 
 def check_max_items(max_items):
@@ -45,17 +32,20 @@ def check_max_items(max_items):
     raise ConfigError(f"evaluation.max_items must be a positive integer or null (= all items), got {max_items!r}")
 
 
-def load_items(name_or_path, max_items=None):
-    """(path, items); `max_items` keeps the first N (a quick look at a big set)."""
+def load_items(name_or_path, max_items=None, **options):
+    """(source, items); `max_items` keeps the first N (a quick look at a big set). `options`: split, subset,
+    columns, answer_format, key_prefix of utils.datasets_io.load_records (a hub dataset's source is a label)."""
     max_items = check_max_items(max_items)
-    path = dataset_path(name_or_path)
-    items = read_records(path)
-    if not items:
-        raise DataError(f"{path}: dataset is empty")
+    source, items = load_records(name_or_path, **options)
     if max_items is not None and max_items > len(items):
-        print(f"note: evaluation.max_items={max_items} but {path} has {len(items)} items: using all {len(items)}",
+        print(f"note: evaluation.max_items={max_items} but {source} has {len(items)} items: using all {len(items)}",
               file=sys.stderr)
-    return path, items[:max_items] if max_items else items
+    return source, items[:max_items] if max_items else items
+
+
+def dataset_options(evaluation_cfg):
+    """load_items options from the `evaluation:` section (evaluation.dataset_split, ..._columns, ...)."""
+    return section_options(evaluation_cfg, "evaluation.dataset_")
 
 
 def item_error(item, data_type):
@@ -456,7 +446,8 @@ def run_rollout_job(cfg):
     decode_cfg = decode_config(cfg.rollout)
     out_path = output_path(cfg)
     check_output_dir(out_path.parent, "experiment.output_dir")
-    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items)
+    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items,
+                                  **dataset_options(cfg.evaluation))
     offset, items = shard(items, int(cfg.evaluation.num_node), int(cfg.evaluation.node_index))
     check_checkpoint(resolve_checkpoint(cfg.evaluation.checkpoint_path))  # before the accelerate state exists
     state, model, tokenizer, ckpt, stop_ids = setup(cfg)

@@ -13,12 +13,16 @@ from utils.prompting import user_message  # noqa: E402
 from utils.rollout import load_items  # noqa: E402
 
 
-def load_toolkit_dataset(dataset, max_items=None, **_metadata):
-    """`custom_dataset`: a toolkit dataset (data/<name>.json or a path, as eval.py resolves it) as the test split.
-    lm-eval also passes its metadata (model_args among it) as keyword arguments; they are not ours."""
+def load_toolkit_dataset(dataset, max_items=None, split=None, subset=None, columns=None, answer_format=None,
+                         **_metadata):
+    """`custom_dataset`: a toolkit dataset (a data/<name> name, a .json/.jsonl/.parquet/.csv path or
+    hub:<owner>/<name>, as eval.py resolves it) as the test split; `dataset_kwargs` split, subset, columns,
+    answer_format are eval.py's evaluation.dataset_* settings. lm-eval also passes its metadata (model_args
+    among it) as keyword arguments; they are not ours."""
     import datasets
 
-    _, items = load_items(dataset, max_items)
+    _, items = load_items(dataset, max_items, split=split, subset=subset, columns=columns, answer_format=answer_format,
+                          key_prefix="dataset_kwargs.")
     return {"test": datasets.Dataset.from_list(items)}
 
 
