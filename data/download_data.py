@@ -1,97 +1,94 @@
-"""Download a Gen-Verse dataset JSON from the Hugging Face hub into data/{name}.json.
+"""Fetch a dataset with Hugging Face `datasets` and save it as data/{name}.json in the toolkit's schema.
 
-    cd data && python download_data.py --dataset MATH_train
+    cd data && python download_data.py --dataset MATH_train      # a Gen-Verse set -> data/MATH_train.json
+    python data/download_data.py --source hub:openai/gsm8k --subset main --split test \\
+        --columns question=question,ground_truth_answer=answer --answer_format gsm8k --name gsm8k_test
 
-The file always lands next to this script (or in --out_dir), whatever the CWD. It is validated as a
-JSON list of objects with a `question` before it replaces anything, and written atomically, so a
-failed or interrupted download never leaves a partial file. Offline (no network, or HF_HUB_OFFLINE=1
-with nothing cached) it fails at once with one line saying which file to place where.
+`--source` takes any dataset spec of the toolkit (hub:<owner>/<name>, or a local .json/.jsonl/.parquet/.csv
+file) and the column mapping of evaluation.dataset_columns. The file always lands next to this script
+(or in --out_dir), whatever the CWD. The items are checked (a non-empty list of objects with a string
+`question`) before anything is replaced, and written atomically, so a failed or interrupted run never
+leaves a partial file. Offline (no network, or HF_HUB_OFFLINE=1 with nothing cached) it fails at once
+with one line.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.io import DataError, atomic_write_text  # noqa: E402
+from utils.datasets_io import ANSWER_FORMATS, HUB_PREFIX, apply_columns, load_records, read_hub  # noqa: E402
+from utils.io import DataError, atomic_write_json  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
 DATASETS = ("PrimeIntellect", "MATH_train", "MATH500", "GSM8K", "MBPP", "HumanEval")
 TRAIN_SPLIT = ("PrimeIntellect", "MATH_train")  # the others are published under test/
-TIMEOUT_S = 10  # metadata request timeout: an unreachable hub fails fast instead of hanging
 
 
 def hub_location(name):
-    """(repo_id, filename inside the dataset repo) for a dataset name."""
+    """(repo_id, filename inside the dataset repo) for a Gen-Verse dataset name."""
     split = "train" if name in TRAIN_SPLIT else "test"
     return f"Gen-Verse/{name}", f"{split}/{name}.json"
 
 
-def validated_text(path, source):
-    """The file's text if it is a non-empty JSON list of objects that all carry `question`."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{source}: not valid JSON (line {err.lineno} col {err.colno}: {err.msg})") from None
-    if not isinstance(data, list) or not data:
-        raise DataError(f"{source}: expected a non-empty JSON list of objects, got {type(data).__name__}")
-    for i, item in enumerate(data):
-        if not isinstance(item, dict) or "question" not in item:
-            raise DataError(f"{source}: item {i} is not an object with a 'question' key")
-    return text, len(data)
+def check_items(items, source):
+    """Items the toolkit can decode: each an object with a non-empty string `question`."""
+    for i, item in enumerate(items):
+        question = item.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{source}: item {i} has no string 'question' (columns: {', '.join(item)}); "
+                            "map one with --columns question=<column>")
+    return items
 
 
-def hub_reachable():
-    """One quick request to the hub endpoint (hf_hub_download itself retries for ~25 s when offline)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        get_session().head(constants.ENDPOINT, timeout=TIMEOUT_S)
-    except Exception:  # DNS failure, refused connection, timeout, proxy error
-        return False
-    return True
+def parse_columns(text):
+    """`question=problem,ground_truth_answer=answer` -> {"question": "problem", ...}."""
+    if not text:
+        return None
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise DataError(f"--columns '{text}': expected key=column[,key=column...], e.g. question=problem")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
-def download(name, out_dir=DATA_DIR):
-    """Fetch `name` through the hub cache, validate it, and write out_dir/{name}.json -> (path, #items)."""
-    import huggingface_hub
-
-    repo_id, filename = hub_location(name)
-    dest = Path(out_dir) / f"{name}.json"
-    online = hub_reachable()
-    try:
-        # Unreachable hub: still serve a copy from the local hub cache, but never wait on retries.
-        cached = huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset",
-                                                 etag_timeout=TIMEOUT_S, local_files_only=not online)
-    except Exception as err:  # offline, unreachable, missing repo/file, auth: all end the same way
-        if online:
-            lines = str(err).strip().splitlines()
-            why = f"{type(err).__name__}: {lines[0][:120]}" if lines else type(err).__name__
-        else:
-            why = "hub unreachable or HF_HUB_OFFLINE=1, and not in the local hub cache"
-        raise DataError(f"could not download {filename} from the hub dataset {repo_id} ({why}); "
-                        f"fetch it on a machine with network and place it at {dest}") from None
-    text, n = validated_text(cached, f"{repo_id}/{filename}")
-    atomic_write_text(dest, text)
-    return dest, n
+def fetch(args):
+    """(name, source, items) for the command line's dataset."""
+    columns = parse_columns(args.columns)
+    if args.dataset:
+        repo_id, filename = hub_location(args.dataset)
+        source, items = read_hub(repo_id, data_files=filename, key_prefix="--")
+        if not items:
+            raise DataError(f"{source}: dataset is empty")
+        return args.dataset, source, apply_columns(items, source, columns or {}, args.answer_format, "--")
+    source, items = load_records(args.source, split=args.split, subset=args.subset, columns=columns,
+                                 answer_format=args.answer_format, key_prefix="--")
+    return args.name, source, items
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dataset", choices=DATASETS, help="a Gen-Verse dataset (saved as data/<dataset>.json)")
+    what.add_argument("--source", help=f"any dataset spec: {HUB_PREFIX}<owner>/<name> or a local file (needs --name)")
+    parser.add_argument("--name", help="output name with --source: writes <out_dir>/<name>.json")
+    parser.add_argument("--subset", help="hub config, e.g. main for hub:openai/gsm8k")
+    parser.add_argument("--split", help="hub split, e.g. test (default: the only one)")
+    parser.add_argument("--columns", help="toolkit key=source column pairs, e.g. question=problem,ground_truth_answer=answer")
+    parser.add_argument("--answer_format", choices=ANSWER_FORMATS, help="gsm8k: ground_truth_answer '... #### 42' -> '42'")
     parser.add_argument("--out_dir", default=str(DATA_DIR), help="destination folder (default: this script's folder)")
     args = parser.parse_args(argv)
+    if args.source and not args.name:
+        parser.error("--source needs --name (the output is <out_dir>/<name>.json)")
+    if args.dataset and (args.subset or args.split):
+        parser.error("--subset / --split go with --source; a Gen-Verse --dataset is one file")
     try:
-        dest, n = download(args.dataset, args.out_dir)
-    except DataError as err:
+        name, source, items = fetch(args)
+        dest = Path(args.out_dir) / f"{name}.json"
+        atomic_write_json(dest, check_items(items, source))
+    except (DataError, OSError) as err:
         print(f"download_data.py: error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {dest} ({n} items)")
+    print(f"wrote {dest} ({len(items)} items from {source})")
     return 0
 
 

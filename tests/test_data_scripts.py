@@ -214,6 +214,9 @@ def test_synthetic_cli_writes_files(tmp_path):
 
 # ---------------------------------------------------------------- download_data
 
+HUB_HINT = "; save it with data/download_data.py on a machine with network, or pass a local .json/.jsonl/.parquet/.csv file"
+
+
 def test_download_offline_fails_fast_with_one_line_and_no_file(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     out = tmp_path / "out"
@@ -221,10 +224,10 @@ def test_download_offline_fails_fast_with_one_line_and_no_file(tmp_path):
     proc = subprocess.run([sys.executable, str(DATA / "download_data.py"), "--dataset", "MATH500", "--out_dir", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (
-        "download_data.py: error: could not download test/MATH500.json from the hub dataset Gen-Verse/MATH500 "
-        "(hub unreachable or HF_HUB_OFFLINE=1, and not in the local hub cache); fetch it on a machine with network "
-        f"and place it at {out / 'MATH500.json'}")
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert line.startswith("download_data.py: error: could not fetch the hub dataset "
+                           "hub:Gen-Verse/MATH500/test/MATH500.json (ConnectionError: ") and line.endswith(HUB_HINT), line
     assert list(out.iterdir()) == []
 
 
@@ -238,43 +241,68 @@ def test_download_locations_and_default_folder():
 
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
-    """hf_hub_download served from a local file; returns the file to fill and the recorded calls."""
-    import huggingface_hub
+    """datasets.load_dataset of a hub id served from a local JSON file; returns the file to fill and the calls."""
+    import datasets
 
-    served, calls = tmp_path / "served.json", []
+    from utils import datasets_io
 
-    def fake_download(**kwargs):
-        calls.append(kwargs)
-        return str(served)
+    served, calls, real = tmp_path / "served.json", [], datasets.load_dataset
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(download_data, "hub_reachable", lambda: True)
+    def fake_load(path, name=None, **kwargs):
+        calls.append((path, name, kwargs))
+        return real("json", data_files=str(served), split=kwargs.get("split"), cache_dir=str(tmp_path / "cache"))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: True)
     return served, calls
 
 
-def test_download_copies_a_valid_file(tmp_path, fake_hub, capsys):
+def test_download_saves_a_valid_dataset_in_the_toolkit_schema(tmp_path, fake_hub, capsys):
     served, calls = fake_hub
-    served.write_text('[{"question": "1+1?", "ground_truth_answer": "2"}]\n')
+    items = [{"question": "1+1?", "ground_truth_answer": "2", "tags": ["a"]}, {"question": "2+2?"}]
+    served.write_text(json.dumps(items))
     out = tmp_path / "out"
     assert download_data.main(["--dataset", "GSM8K", "--out_dir", str(out)]) == 0
-    assert (out / "GSM8K.json").read_text() == served.read_text()
-    assert calls == [{"repo_id": "Gen-Verse/GSM8K", "filename": "test/GSM8K.json", "repo_type": "dataset",
-                      "etag_timeout": download_data.TIMEOUT_S, "local_files_only": False}]
-    assert capsys.readouterr().out.strip() == f"wrote {out / 'GSM8K.json'} (1 items)"
+    assert json.loads((out / "GSM8K.json").read_text()) == items  # Arrow's null for the missing keys dropped
+    assert calls == [("Gen-Verse/GSM8K", None, {"split": None, "data_files": "test/GSM8K.json"})]
+    assert capsys.readouterr().out.strip() == \
+        f"wrote {out / 'GSM8K.json'} (2 items from hub:Gen-Verse/GSM8K/test/GSM8K.json)"
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"question": "x"}', "expected a non-empty JSON list of objects, got dict"),
-    ('[{"q": 1}]', "item 0 is not an object with a 'question' key"),
-    ("[{", "not valid JSON"),
+    ('[{"q": 1}]', "hub:Gen-Verse/MBPP/test/MBPP.json: item 0 has no string 'question' (columns: q); "
+                   "map one with --columns question=<column>"),
+    ("[]", "hub:Gen-Verse/MBPP/test/MBPP.json: dataset is empty"),
+    ("[{", "hub dataset hub:Gen-Verse/MBPP/test/MBPP.json: cannot load ("),
 ])
 def test_download_rejects_bad_content_and_keeps_old_file(tmp_path, fake_hub, capsys, content, message):
     served, _ = fake_hub
     served.write_text(content)
     (tmp_path / "MBPP.json").write_text("old")
     assert download_data.main(["--dataset", "MBPP", "--out_dir", str(tmp_path)]) == 1
-    assert f"Gen-Verse/MBPP/test/MBPP.json: {message}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"download_data.py: error: {message}") and err.count("\n") == 1, err
     assert (tmp_path / "MBPP.json").read_text() == "old"
+
+
+def test_download_converts_a_gsm8k_style_parquet_with_columns_and_answer_format(tmp_path, capsys):
+    import datasets
+
+    rows = [{"question": "Tom has 3 apples and buys 1,000 more. How many?", "answer": "3+1000=1003\n#### 1,003"},
+            {"question": "2+2?", "answer": "#### 4"}]
+    source = tmp_path / "gsm8k-test.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(source))
+    assert download_data.main(["--source", str(source), "--name", "gsm8k_test", "--columns",
+                               "ground_truth_answer=answer", "--answer_format", "gsm8k", "--out_dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "gsm8k_test.json").read_text()) == [
+        {**rows[0], "ground_truth_answer": "1003"}, {**rows[1], "ground_truth_answer": "4"}]
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'gsm8k_test.json'} (2 items from {source})"
+    # a mapped column that is not there: one line listing the columns, nothing written
+    assert download_data.main(["--source", str(source), "--name", "bad", "--columns", "question=problem",
+                               "--out_dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"download_data.py: error: --columns.question: no column 'problem' in {source} "
+                                       "(columns: question, answer)\n")
+    assert not (tmp_path / "bad.json").exists()
 
 
 # ---------------------------------------------------------------- accelerate configs
