@@ -156,6 +156,8 @@ def _bad_record(edit):
     (None, ["training.num_train_epochs=0"], ["training.num_train_epochs must be >= 1"]),
     (None, ["optimizer.params.learning_rate=-1e-4"], ["optimizer.params.learning_rate must be a number in (0, inf)"]),
     (None, ["lr_scheduler.params.min_lr_scale=2.0"], ["lr_scheduler.params.min_lr_scale must be a number in [0, 1]"]),
+    (None, ["training.lambda_ddo=-0.5"], ["training.lambda_ddo must be >= 0, got -0.5"]),
+    (None, ["training.lambda_path=-1"], ["training.lambda_path must be >= 0, got -1"]),
     (None, ["experiment.start_from_scratch=true", "training.resume_from_checkpoint=latest"],
      ["experiment.start_from_scratch=true contradicts training.resume_from_checkpoint=latest"]),
     (_bad_record(lambda r: r.update(block_size=8)), [],

@@ -41,6 +41,9 @@ def check_config(cfg):
     for key in ("path_k_steps", "round_interval"):
         if int(tr[key]) < 1:
             raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
+    for key in ("lambda_ddo", "lambda_path"):
+        if float(tr[key]) < 0:
+            raise ConfigError(f"training.{key} must be >= 0, got {tr[key]}")
     lora.lora_config(cfg)  # its one-line errors before anything is loaded
     if float(tr.target_temp) != 0.0:
         main_print("note: training.target_temp has no effect (as in the original, the fake sample is the reference's)")
@@ -121,7 +124,7 @@ def main(argv=None):
         mask_strategy=str(tr.mask_strategy), mask_ratios=tuple(float(r) for r in tr.mask_ratios),
         mask_ratio_exponent=float(tr.mask_ratio_exponent), random_ratio=float(cfg.model.random_ratio),
         alpha=float(tr.alpha), beta=float(tr.beta), reference_temp=float(tr.reference_temp),
-        path_k_steps=int(tr.path_k_steps), lambda_path=float(tr.lambda_path),
+        path_k_steps=int(tr.path_k_steps), lambda_path=float(tr.lambda_path), lambda_ddo=float(tr.lambda_ddo),
     )
     refresh = None
     if tr.multi_round:
