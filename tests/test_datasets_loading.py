@@ -233,3 +233,20 @@ def test_sft_on_a_mapped_parquet_trains_exactly_as_on_the_json_file(tmp_path):
         rows = [json.loads(line) for line in (tmp_path / "exp" / name / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [row["loss"] for row in rows]
     assert len(losses["json"]) == 2 and losses["parquet"] == losses["json"]
+
+
+def test_lm_eval_task_loads_a_mapped_parquet_like_eval(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "t3d_tasks", REPO_ROOT / "integrations" / "lm_eval_tasks" / "t3d_tasks.py")
+    t3d_tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(t3d_tasks)
+    items = read_records(SMOKE)[:3]
+    path = parquet(gsm8k_rows(items), tmp_path / "g.parquet")
+    split = t3d_tasks.load_toolkit_dataset(str(path), columns={"ground_truth_answer": "answer"}, answer_format="gsm8k",
+                                           model_args="ignored")
+    assert [(d["question"], d["ground_truth_answer"]) for d in split["test"]] == \
+           [(i["question"], i["ground_truth_answer"]) for i in items]
+    with pytest.raises(DataError, match=r"^dataset_kwargs.columns.question: no column 'problem'"):
+        t3d_tasks.load_toolkit_dataset(str(path), columns={"question": "problem"})
