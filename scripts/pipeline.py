@@ -1,16 +1,20 @@
 """The T3D pipeline as subprocess calls of the documented command-line tools.
 
-Shared by `scripts/quickstart.py`, `scripts/run_experiment.py` and the end-to-end test: every stage is the
+Shared by `scripts/quickstart.py`, `scripts/run_experiment.py`, `scripts/run_experiment_v2.py` and the tests: every stage is the
 command a user would type (`sample/sdar_sample.py` from `sample/`, `data/rename_key.py`,
 `train/self_ddo_sdar_full.py`, `train/sft_sdar.py`, `eval.py`), so these scripts exercise the real CLIs.
 Each command's output goes to a log file; a failing stage stops the run with the log's tail.
 """
 import json
 import os
+import re
 import shlex
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,17 +54,22 @@ def _portable_arg(arg):
 
 class Runner:
     """Runs commands from the repo root (or `cwd`), logging each to `<log_dir>/<NN>-<name>.log` and
-    recording its shell line, wall time and exit code (`self.history`, appended to `<log_dir>/history.jsonl`)."""
+    recording its shell line, wall time and exit code (`self.history`, appended to `<log_dir>/history.jsonl`).
+    Safe to call from several threads (`parallel`)."""
 
     def __init__(self, log_dir, verbose=False):
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.verbose = verbose
         self.history = []
+        self._lock = threading.Lock()
+        self._started = 0
 
     def __call__(self, name, cmd, cwd=ROOT):
         line = shell_line(cmd, cwd)
-        log = self.log_dir / f"{len(self.history):02d}-{name}.log"
+        with self._lock:
+            log = self.log_dir / f"{self._started:02d}-{name}.log"
+            self._started += 1
         print(f"[{name}] $ {line}", flush=True)
         env = {**os.environ, **{k: os.environ.get(k, v) for k, v in ENV.items()}}
         started = time.perf_counter()
@@ -79,14 +88,27 @@ class Runner:
         seconds = time.perf_counter() - started
         entry = {"stage": name, "command": line, "portable": shell_line(cmd, cwd, portable=True), "seconds": round(seconds, 1),
                  "log": str(log), "exit": code}
-        self.history.append(entry)
-        with open(self.log_dir / "history.jsonl", "a", encoding="utf-8") as f:  # survives across invocations
-            f.write(json.dumps(entry) + "\n")
+        with self._lock:
+            self.history.append(entry)
+            with open(self.log_dir / "history.jsonl", "a", encoding="utf-8") as f:  # survives across invocations
+                f.write(json.dumps(entry) + "\n")
         if code != 0:
             tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
             raise StageError(f"stage '{name}' failed (exit {code}); log {log}:\n{tail}")
         print(f"[{name}] done in {seconds:.0f} s (log: {os.path.relpath(log, ROOT)})", flush=True)
         return seconds
+
+    def parallel(self, jobs, workers):
+        """Run [(name, cmd) or (name, cmd, cwd)] on `workers` threads (each command is its own process).
+        After a failure nothing new starts; it is raised once the running commands have ended."""
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        futures = [pool.submit(self, *job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return [f.result() for f in futures]
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -142,11 +164,11 @@ def train_command(script, config, overrides):
 
 
 def eval_command(checkpoints, dataset, output_dir, project, *, steps=(4, 2, 1), temperature=0.0, max_token=64,
-                 seed=0, extra=None):
+                 seed=0, block_size=4, extra=None):
     """eval.py sweep over S and checkpoints {label: path}: one table, sweep.json and sweep.png."""
     values = {
         "evaluation.eval_dataset": Path(dataset).resolve() if Path(dataset).suffix else dataset,
-        "evaluation.data_type": "math", "rollout.block_size": 4, "rollout.temperature": temperature,
+        "evaluation.data_type": "math", "rollout.block_size": block_size, "rollout.temperature": temperature,
         "rollout.max_token": max_token, "rollout.seed": seed, "sweep.denoising_steps": list(steps),
         "sweep.checkpoints": [f"{label}={Path(path).resolve()}" for label, path in checkpoints.items()],
         "experiment.output_dir": Path(output_dir).resolve(), "experiment.project": project, **(extra or {}),
@@ -167,3 +189,34 @@ def subset(src, dest, start, stop):
     items = read_records(src)[start:stop]
     atomic_write_json(Path(dest), items)
     return Path(dest)
+
+
+# ------------------------------------------------------------------------------------------------ reports
+def mean_std(values):
+    """(mean, sample std) of the non-None values; std 0.0 for one value, (None, None) for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def valid_share(row, items):
+    """Share of outputs that are exactly one of the item's valid phrasings (items carry `solutions`)."""
+    if not all("solutions" in it for it in items):
+        return None
+    run_dir = Path(row["run_dir"])  # eval.py's result directory of this (checkpoint, setting)
+    records = [json.loads(line) for line in (run_dir / "items.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    special = re.compile(r"<\|[^|]*\|>")
+    ok = [special.sub("", r.get("output") or "").strip() in {s.strip() for s in items[r["index"]]["solutions"]}
+          for r in records]
+    return sum(ok) / max(len(ok), 1)
+
+
+def commands_script(history, script="scripts/run_experiment.py"):
+    """commands.sh: every command of a run with its wall time, runnable from any checkout (ROOT)."""
+    lines = ["#!/usr/bin/env bash", f"# Commands run by {script}, with wall times on 2 CPU cores.",
+             "# Run from the repository root with the venv active (. .venv/bin/activate).", "set -euo pipefail",
+             'ROOT="${ROOT:-$PWD}"', ""]
+    for h in history:
+        lines += [f"# {h['stage']}: {h['seconds']:.0f} s", h["portable"], ""]
+    return "\n".join(lines)

@@ -173,23 +173,7 @@ class Experiment:
         return list(latest.values())
 
 
-def valid_share(row, items):
-    """Share of outputs that are exactly one of the item's valid phrasings (items carry `solutions`)."""
-    if not all("solutions" in it for it in items):
-        return None
-    run_dir = Path(row["run_dir"])  # eval.py's result directory of this (checkpoint, setting)
-    records = [json.loads(line) for line in (run_dir / "items.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    special = re.compile(r"<\|[^|]*\|>")
-    ok = [special.sub("", r.get("output") or "").strip() in {s.strip() for s in items[r["index"]]["solutions"]}
-          for r in records]
-    return sum(ok) / max(len(ok), 1)
-
-
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+valid_share = pl.valid_share
 
 
 def summarize(rows, steps):
@@ -203,8 +187,8 @@ def summarize(rows, steps):
         by = {}
         for S in steps:
             at = [r for r in members if r["denoising_steps_per_block"] == S]
-            acc_mean, acc_std = _mean_std([r["accuracy"] for r in at])
-            valid_mean, valid_std = _mean_std([r.get("valid") for r in at])
+            acc_mean, acc_std = pl.mean_std([r["accuracy"] for r in at])
+            valid_mean, valid_std = pl.mean_std([r.get("valid") for r in at])
             by[str(S)] = {"accuracy_mean": acc_mean, "accuracy_std": acc_std, "accuracy": [r["accuracy"] for r in at],
                           "valid_mean": valid_mean, "valid_std": valid_std,
                           "tokens_per_forward": statistics.fmean(r["tokens_per_forward"] for r in at), "n": len(at)}
@@ -261,13 +245,7 @@ def markdown(summary, steps, goal):
     return "\n".join(lines) + "\n"
 
 
-def commands_script(history):
-    lines = ["#!/usr/bin/env bash", "# Commands run by scripts/run_experiment.py, with wall times on 2 CPU cores.",
-             "# Run from the repository root with the venv active (. .venv/bin/activate).", "set -euo pipefail",
-             'ROOT="${ROOT:-$PWD}"', ""]
-    for h in history:
-        lines += [f"# {h['stage']}: {h['seconds']:.0f} s", h["portable"], ""]
-    return "\n".join(lines)
+commands_script = pl.commands_script
 
 
 def main(argv=None):
