@@ -114,6 +114,43 @@ def test_bad_data_is_a_one_line_error_naming_file_or_key(tmp_path, make, options
     assert str(err.value).startswith(message.replace("{tmp}", str(tmp_path))) and "\n" not in str(err.value), err.value
 
 
+HUB_HINT = "save it with data/download_data.py on a machine with network, or pass a local .json/.jsonl/.parquet/.csv file"
+
+
+def test_hub_split_selection_through_load_dataset(tmp_path, monkeypatch):
+    """`hub:` hands the id to datasets.load_dataset, which also takes a local folder of split files: the split
+    logic without network."""
+    from utils import datasets_io
+
+    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"question": "a", "answer": "#### 1"}\n')
+    (folder / "test.jsonl").write_text('{"question": "b", "answer": "#### 2"}\n{"question": "c", "answer": "x #### 3"}\n')
+    source, items = load_records(f"hub:{folder}", split="test", columns={"ground_truth_answer": "answer"},
+                                 answer_format="gsm8k", key_prefix="evaluation.dataset_")
+    assert source == f"hub:{folder} (split test)"
+    assert items == [{"question": "b", "answer": "#### 2", "ground_truth_answer": "2"},
+                     {"question": "c", "answer": "x #### 3", "ground_truth_answer": "3"}]
+    with pytest.raises(DataError, match=f"^hub dataset hub:{folder} has the splits train, test: choose one with "
+                                        "evaluation.dataset_split$"):
+        load_records(f"hub:{folder}", key_prefix="evaluation.dataset_")
+    with pytest.raises(DataError, match=r"^hub dataset .* \(split dev\): ValueError: Unknown split \"dev\""):
+        load_records(f"hub:{folder}", split="dev")
+
+
+def test_unreachable_hub_fails_at_once_with_one_line(monkeypatch):
+    from utils import datasets_io
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: False)
+    with pytest.raises(DataError) as err:
+        load_records("hub:openai/gsm8k", subset="main", split="test")
+    assert str(err.value) == ("could not fetch the hub dataset hub:openai/gsm8k (subset main, split test): the hub is "
+                              f"unreachable (HF_HUB_OFFLINE=1 uses a copy in the local datasets cache); {HUB_HINT}")
+
+
 def test_training_reads_every_format_and_refuses_hub_ids(tmp_path, tiny):
     _, tokenizer = tiny
     items = [{"question": f"Compute {a}+1.", "solution": f"{a}+1={a + 1}. \\boxed{{{a + 1}}}"} for a in range(3)]
@@ -202,15 +239,15 @@ def test_eval_cli_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path, ti
 
 
 def test_hub_dataset_offline_is_one_line_at_once_and_writes_nothing(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    # HF_DATASETS_OFFLINE here; download_data's test covers HF_HUB_OFFLINE
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "eval.py", "config=configs/eval.yaml", "evaluation.eval_dataset=hub:openai/gsm8k",
                            "evaluation.dataset_subset=main", "evaluation.dataset_split=test",
                            f"experiment.output_dir={tmp_path}/out"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("eval.py: error: could not fetch the hub dataset hub:openai/gsm8k (subset main, split "
-                                  "test) (ConnectionError: ") and proc.stderr.rstrip().endswith(
-        "save it with data/download_data.py on a machine with network, or pass a local .json/.jsonl/.parquet/.csv file")
+                                  "test) (ConnectionError: ") and proc.stderr.rstrip().endswith(HUB_HINT)
     assert not (tmp_path / "out").exists()
 
 

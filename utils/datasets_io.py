@@ -89,8 +89,6 @@ def hub_reachable():
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
-    if constants.HF_HUB_OFFLINE:
-        return False
     try:
         get_session().head(constants.ENDPOINT, timeout=TIMEOUT_S)
     except Exception:  # DNS failure, refused connection, timeout, proxy error
@@ -175,13 +173,11 @@ def read_hub(repo_id, subset=None, split=None, key_prefix="", data_files=None):
 
     label = hub_label(repo_id, subset, split) if data_files is None else f"{HUB_PREFIX}{repo_id}/{data_files}"
     load_kwargs = {} if data_files is None else {"data_files": data_files}
-    if not hub_reachable():
-        # offline mode serves a cached copy, if any; a cold no-network load would retry for ~25 s
-        from huggingface_hub import constants
-
-        if not constants.HF_HUB_OFFLINE:
-            raise DataError(f"could not fetch the hub dataset {label}: the hub is unreachable (HF_HUB_OFFLINE=1 "
-                            f"uses a copy in the local datasets cache); {_HUB_HINT}")
+    # offline (HF_HUB_OFFLINE=1 or HF_DATASETS_OFFLINE=1) datasets serves a cached copy, if any; online, a
+    # cold load with no network would retry for ~25 s: check the hub first and fail at once
+    if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():
+        raise DataError(f"could not fetch the hub dataset {label}: the hub is unreachable (HF_HUB_OFFLINE=1 "
+                        f"uses a copy in the local datasets cache); {_HUB_HINT}")
     try:
         with _quiet_datasets():
             data = datasets.load_dataset(repo_id, subset, split=split, **load_kwargs)
