@@ -83,8 +83,9 @@ def _prepare(cfg, accelerator, model, tokenizer, examples, extra_state):
     objects saved with every resume state."""
     tr = cfg.training
     accum = accelerator.gradient_accumulation_steps
-    loader = DataLoader(ExampleDataset(examples), batch_size=int(tr.batch_size_lm),
-                        sampler=EpochShuffle(len(examples), tr.seed), collate_fn=Collate(tokenizer.pad_token_id))
+    sampler = EpochShuffle(len(examples), tr.seed)
+    loader = DataLoader(ExampleDataset(examples), batch_size=int(tr.batch_size_lm), sampler=sampler,
+                        collate_fn=Collate(tokenizer.pad_token_id))
     total_batch = int(tr.batch_size_lm) * accelerator.num_processes * accum
     raw_optimizer = make_optimizer(model, cfg, learning_rate(cfg, total_batch))
     model, optimizer, loader = accelerator.prepare(model, raw_optimizer, loader)
@@ -93,7 +94,7 @@ def _prepare(cfg, accelerator, model, tokenizer, examples, extra_state):
     scheduler = make_scheduler(raw_optimizer, cfg, total_steps)
     loop = ck.LoopState((accelerator.num_processes, int(tr.batch_size_lm), accum, len(examples)))
     accelerator.register_for_checkpointing(scheduler, loop, *extra_state)
-    return model, optimizer, loader, scheduler, loop, total_steps
+    return model, optimizer, loader, sampler, scheduler, loop, total_steps
 
 
 def _resume_or_start(accelerator, run, loop, epochs):
@@ -112,7 +113,7 @@ def fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, *, extra_
 
     exp, name, epochs = cfg.experiment, str(cfg.model.optimized_name), int(cfg.training.num_train_epochs)
     root = run.root
-    model, optimizer, loader, scheduler, loop, total_steps = _prepare(
+    model, optimizer, loader, sampler, scheduler, loop, total_steps = _prepare(
         cfg, accelerator, model, tokenizer, examples, extra_state)
     metrics = _resume_or_start(accelerator, run, loop, epochs)
     accum, n_batches = accelerator.gradient_accumulation_steps, len(loader)
@@ -132,6 +133,9 @@ def fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, *, extra_
             skip = loop.batches_done if epoch == loop.epoch else 0
             batches = accelerator.skip_first_batches(loader, skip) if skip else loader
             batches.set_epoch(epoch)  # new order (and, in micro_step, new masks) every epoch; a resumed epoch too
+            # accelerate's set_epoch does not reach the sampler through a multi-process loader's skip wrapper
+            # (SkipBatchSampler over BatchSamplerShard): a resume in epoch >= 2 would replay epoch 1's order
+            sampler.set_epoch(epoch)
             model.train()
             for i, batch in enumerate(batches, start=skip):
                 window = min(accum, n_batches - (i // accum) * accum)  # micro-batches in this optimizer step
