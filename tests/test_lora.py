@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.test_bad_inputs_train import isolated  # noqa: F401  (fixture)
 from tests.test_losses import _tiny_batch
 from tests.test_train_run import ENV, REPO, RUN, launch, metrics, records_file, t3d_args
 from train import lora
@@ -151,15 +152,44 @@ def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
                               "no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
 
 
-def test_lora_needs_a_pretrained_base_in_sft(capsys, tmp_path):
+def sft(argv):
     from train.runtime import run_main
     from train.sft_sdar import main
 
-    with pytest.raises(SystemExit) as stop:
-        run_main(main, ["config=configs/sft_tiny.yaml", f"experiment.output_dir={tmp_path}", "model.lora.r=4"])
-    assert stop.value.code == 2
+    try:
+        run_main(main, argv)
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def test_lora_sft_in_process_saves_an_adapter_and_its_rank_is_in_the_resume_fingerprint(tiny_dir, tmp_path, capsys,
+                                                                                       isolated):
+    from utils.checkpoint import load
+
+    assert sft(["config=configs/sft_tiny.yaml", f"experiment.output_dir={tmp_path}", "model.lora.r=4"]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "error: model.lora needs a pretrained base: set model.init_from_scratch=false")
+    items = [{"question": f"Compute {a}+{a + 1}.", "solution": f"{a}+{a + 1}={2 * a + 1}. \\boxed{{{2 * a + 1}}}"}
+             for a in range(10, 26)]
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    argv = ["config=configs/sft_tiny.yaml", f"experiment.output_dir={tmp_path}", "model.init_from_scratch=false",
+            f"model.pretrained_model={tiny_dir}", f"dataset.optimization_data={tmp_path / 'items.json'}",
+            "training.batch_size_lm=8", "training.num_train_epochs=1", "training.num_threads=1",
+            "experiment.save_every_steps=1", "optimizer.params.learning_rate=1e-2", *LORA]
+    assert sft(argv) == 0
+    assert "LoRA: 0.008M trainable adapter parameters" in capsys.readouterr().out
+    saved = tmp_path / "sft_tiny" / "ckpt" / "sft"
+    assert (saved / "adapter_model.safetensors").is_file() and not (saved / "model.safetensors").exists()
+    model, _, path = load(str(saved))
+    base = load_model(str(tiny_dir))
+    x = torch.randint(10, 200, (1, 8))
+    with torch.no_grad():
+        assert (model(input_ids=x).logits - base(input_ids=x).logits).abs().max() > 1e-3
+    assert sft([*argv, "model.lora.save_merged=true"]) == 0  # saving cadence only: resumes (already finished)
+    assert (saved / "merged" / "model.safetensors").is_file()
+    assert sft([*argv, "model.lora.r=8"]) == 2
+    assert "it belongs to a different run (model.lora.r 4 -> 8)" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- CLI (slow)
@@ -219,8 +249,8 @@ def test_lora_t3d_cli_kill_and_resume_in_round_2_is_bit_identical_and_evaluates(
                          f"evaluation.checkpoint_path={full / 'ckpt' / 'optimized'}", "evaluation.max_items=4"],
                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
-    (result,) = (out / "eval" / "results").glob("optimized-*/*/")
-    assert "optimized S=1: accuracy" in ev.stdout and any(result.iterdir())
+    (result,) = (out / "eval" / "results").glob("optimized-*/*/metrics.json")  # decoded and graded
+    assert len((result.parent / "items.jsonl").read_text().splitlines()) == 4
 
 
 @pytest.mark.slow

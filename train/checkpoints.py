@@ -80,8 +80,13 @@ def file_digest(path, algo="sha256"):
 
 
 def model_identity(directory):
-    """sha256 over the names and contents of a model directory's weight, config and tokenizer files."""
+    """sha256 over the names and contents of a model directory's weight, config and tokenizer files (an adapter
+    directory's base too)."""
+    from utils.checkpoint import adapter_base, is_adapter
+
     h = hashlib.sha256()
+    if is_adapter(directory):
+        h.update(f"base:{model_identity(adapter_base(directory))}\n".encode())
     for p in sorted(Path(directory).iterdir()):
         if p.is_file() and MODEL_FILE.fullmatch(p.name):
             h.update(f"{p.name}:{file_digest(p)}\n".encode())
