@@ -151,23 +151,36 @@ def test_unreachable_hub_fails_at_once_with_one_line(monkeypatch):
                               f"unreachable (HF_HUB_OFFLINE=1 uses a copy in the local datasets cache); {HUB_HINT}")
 
 
-def test_training_reads_every_format_and_refuses_hub_ids(tmp_path, tiny):
+def test_training_reads_every_format_and_hub_data_through_a_snapshot(tmp_path, tiny, monkeypatch, capsys):
+    from utils import datasets_io
+
     _, tokenizer = tiny
     items = [{"question": f"Compute {a}+1.", "solution": f"{a}+1={a + 1}. \\boxed{{{a + 1}}}"} for a in range(3)]
-    limits = dict(max_prompt_len=64, max_gen_length=32, post_num=0, skip_invalid=False, kind="sft")
+    limits = dict(max_prompt_len=64, max_gen_length=32, post_num=0, skip_invalid=False, kind="sft", log=lambda _: None)
     json_path = tmp_path / "items.json"
     json_path.write_text(json.dumps(items))
-    expected = load_examples(json_path, tokenizer, **limits, log=lambda _: None)
-    renamed = parquet([{"problem": i["question"], "target": i["solution"]} for i in items], tmp_path / "items.parquet")
+    expected = load_examples(json_path, tokenizer, **limits)
+    rows = [{"problem": i["question"], "target": i["solution"]} for i in items]
+    renamed = parquet(rows, tmp_path / "items.parquet")
+    mapping = {"columns": {"question": "problem", "solution": "target"}}
     assert resolve_data_path(str(renamed)) == renamed
-    got = load_examples(renamed, tokenizer, **limits, log=lambda _: None,
-                        dataset_cfg={"columns": {"question": "problem", "solution": "target"}})
-    assert got == expected
+    assert load_examples(renamed, tokenizer, **limits, dataset_cfg=mapping) == expected
     with pytest.raises(DataError, match="^dataset.columns.solution: no column 'answer' in .*items.parquet "
                                         r"\(columns: problem, target\)$"):
         load_examples(renamed, tokenizer, **limits, dataset_cfg={"columns": {"solution": "answer"}})
-    with pytest.raises(DataError, match="^dataset.optimization_data='hub:openai/gsm8k': training reads local files"):
-        resolve_data_path("hub:openai/gsm8k")
+    # a hub dataset (here load_dataset's local folder form) becomes one content-named JSONL file in the cache
+    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    parquet(rows, folder / "train.parquet")
+    parquet(rows[:1], folder / "test.parquet")
+    snapshot = resolve_data_path(f"hub:{folder}", {"split": "train"})
+    assert snapshot.parent == tmp_path / "cache" / "t3d_snapshots" and snapshot.suffix == ".jsonl"
+    assert read_records(snapshot) == rows and f"hub:{folder} (split train): training on its rows" in capsys.readouterr().out
+    assert resolve_data_path(f"hub:{folder}", {"split": "train"}) == snapshot  # same rows, same file
+    assert load_examples(snapshot, tokenizer, **limits, dataset_cfg=mapping) == expected
+    assert resolve_data_path(f"hub:{folder}", {"split": "test"}) != snapshot
 
 
 # ---------------------------------------------------------------- through the CLIs
@@ -252,24 +265,32 @@ def test_hub_dataset_offline_is_one_line_at_once_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_on_a_mapped_parquet_trains_exactly_as_on_the_json_file(tmp_path):
+def test_sft_on_a_mapped_parquet_or_hub_dataset_trains_exactly_as_on_the_json_file(tmp_path):
     items = [{"question": f"Compute {a}+{a + 1}.", "solution": f"{a}+{a + 1}={2 * a + 1}. \\boxed{{{2 * a + 1}}}"}
              for a in range(10, 26)]
     (tmp_path / "items.json").write_text(json.dumps(items))
-    parquet([{"problem": i["question"], "target": i["solution"]} for i in items], tmp_path / "items.parquet")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
+    rows = [{"problem": i["question"], "target": i["solution"]} for i in items]
+    parquet(rows, tmp_path / "items.parquet")
+    (tmp_path / "repo").mkdir()  # a hub dataset in load_dataset's local folder form, read offline
+    parquet(rows, tmp_path / "repo" / "train.parquet")
+    parquet(rows[:2], tmp_path / "repo" / "test.parquet")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu",
+           "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     common = [f"experiment.output_dir={tmp_path}/exp", "training.batch_size_lm=8", "training.num_train_epochs=1",
               "lr_scheduler.params.warmup_steps=1", "training.num_threads=1", "model.scratch.hidden_size=32",
               "model.scratch.num_hidden_layers=1"]
+    mapping = ["dataset.columns.question=problem", "dataset.columns.solution=target"]
     losses = {}
-    for name, extra in (("json", []), ("parquet", ["dataset.columns.question=problem", "dataset.columns.solution=target"])):
+    for name, extra in (("json", [f"dataset.optimization_data={tmp_path / 'items.json'}"]),
+                        ("parquet", [f"dataset.optimization_data={tmp_path / 'items.parquet'}", *mapping]),
+                        ("hub", [f"dataset.optimization_data=hub:{tmp_path / 'repo'}", "dataset.split=train", *mapping])):
         proc = subprocess.run([sys.executable, "train/sft_sdar.py", "config=configs/sft_sdar.yaml", *common,
-                               f"dataset.optimization_data={tmp_path / f'items.{name}'}", f"experiment.project={name}",
-                               *extra], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+                               f"experiment.project={name}", *extra],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [json.loads(line) for line in (tmp_path / "exp" / name / "metrics.jsonl").read_text().splitlines()]
-        losses[name] = [row["loss"] for row in rows]
-    assert len(losses["json"]) == 2 and losses["parquet"] == losses["json"]
+        rows_ = [json.loads(line) for line in (tmp_path / "exp" / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [row["loss"] for row in rows_]
+    assert len(losses["json"]) == 2 and losses["parquet"] == losses["json"] and losses["hub"] == losses["json"]
 
 
 def test_lm_eval_task_loads_a_mapped_parquet_like_eval(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from utils.checkpoint import REPO_ROOT, stop_token_ids
-from utils.datasets_io import find_file, is_hub, load_records, section_options
+from utils.datasets_io import find_file, hub_snapshot, is_hub, load_records, section_options
 from utils.io import DataError
 from utils.masks import pad_sequences
 from utils.prompting import build_prompt, encode_prompt
@@ -29,13 +29,15 @@ class RecordError(DataError):
         self.reason = reason
 
 
-def resolve_data_path(name):
-    """`dataset.optimization_data`: a .json/.jsonl/.parquet/.csv file path, or a name under the repo's data/.
-    Hub datasets are refused: resume fingerprints the training file's bytes, so training reads a local
-    snapshot (data/download_data.py --source hub:<owner>/<name> writes one)."""
+def resolve_data_path(name, dataset_cfg=None):
+    """`dataset.optimization_data`: a .json/.jsonl/.parquet/.csv file path, a name under the repo's data/, or
+    hub:<owner>/<name> (dataset.split / dataset.subset of `dataset_cfg`), read into a content-named JSONL
+    snapshot in the datasets cache: the run's data is then one fixed file, which resume fingerprints."""
     if is_hub(name):
-        raise DataError(f"dataset.optimization_data='{name}': training reads local files; write a snapshot first with "
-                        f"`python data/download_data.py --source {name} --name <name>` and pass <name>")
+        options = section_options(dataset_cfg or {}, "dataset.")
+        source, path = hub_snapshot(name, split=options["split"], subset=options["subset"])
+        print(f"{source}: training on its rows, saved as {path}")
+        return path
     path = find_file(name)
     if path is None:
         raise DataError(f"training data not found: {REPO_ROOT / 'data' / f'{name}.json'} "

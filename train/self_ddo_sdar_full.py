@@ -93,7 +93,7 @@ def main(argv=None):
     setup_process(cfg)
     path = resolve_checkpoint(cfg.model.pretrained_model)
     tokenizer = load_tokenizer(path)
-    data_path = resolve_data_path(cfg.dataset.optimization_data)
+    data_path = resolve_data_path(cfg.dataset.optimization_data, cfg.dataset)
     examples = load_examples(
         data_path, tokenizer, max_prompt_len=int(tr.max_prompt_len), max_gen_length=int(tr.max_gen_length),
         post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records), block_size=int(tr.block_size),

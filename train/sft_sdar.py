@@ -53,7 +53,7 @@ def main(argv=None):
     accelerator = make_accelerator(cfg, root)
     path = resolve_checkpoint(cfg.model.pretrained_model)
     tokenizer = load_tokenizer(path)
-    data_path = resolve_data_path(ds.optimization_data)
+    data_path = resolve_data_path(ds.optimization_data, ds)
     examples = load_examples(
         data_path, tokenizer, max_prompt_len=int(tr.max_prompt_len),
         max_gen_length=int(tr.max_gen_length), post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records),

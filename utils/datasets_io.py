@@ -15,13 +15,14 @@ Every failure is a DataError, one line naming the file or dataset and the settin
 """
 import contextlib
 import csv
+import json
 import re
 import tempfile
 import warnings
 from pathlib import Path
 
 from .checkpoint import REPO_ROOT
-from .io import DataError, read_records
+from .io import DataError, atomic_write_text, read_records
 
 HUB_PREFIX = "hub:"
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -246,6 +247,26 @@ def load_records(spec, *, split=None, subset=None, columns=None, answer_format=N
     if not records:
         raise DataError(f"{source}: dataset is empty")
     return source, apply_columns(records, source, columns, answer_format, key_prefix)
+
+
+def hub_snapshot(spec, split=None, subset=None, key_prefix="dataset."):
+    """A hub dataset's rows (before column mapping) as a JSONL file under the `datasets` cache, named by a hash
+    of its content: training reads a fixed file, and resume fingerprints its bytes. Written once, atomically."""
+    import hashlib
+
+    import datasets
+
+    source, rows = load_records(spec, split=split, subset=subset, key_prefix=key_prefix)
+    try:
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    except TypeError as err:  # images, audio, timestamps: not a text dataset
+        raise DataError(f"{source}: rows are not JSON-serialisable ({err}); training reads text datasets") from None
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(source).removeprefix(HUB_PREFIX)).strip("_")
+    path = (Path(datasets.config.HF_DATASETS_CACHE) / "t3d_snapshots"
+            / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl")
+    if not path.is_file():
+        atomic_write_text(path, text)
+    return source, path
 
 
 def section_options(section, key_prefix):
