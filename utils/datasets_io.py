@@ -32,7 +32,6 @@ ANSWER_FORMATS = ("gsm8k",)
 TIMEOUT_S = 10  # hub reachability check: an unreachable hub fails fast instead of ~25 s of retries
 _HUB_HINT = ("save it with data/download_data.py on a machine with network, or pass a local "
              ".json/.jsonl/.parquet/.csv file")
-_GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
 
 
 def is_hub(spec):
@@ -199,8 +198,9 @@ def read_hub(repo_id, subset=None, split=None, key_prefix="", data_files=None):
 
 def gsm8k_answer(text):
     """GSM8K's solution text "... #### 1,234" -> "1234" (None when there is no `#### answer`)."""
-    match = _GSM8K_ANSWER.search(text) if isinstance(text, str) else None
-    return match.group(1).replace(",", "") if match else None
+    if not isinstance(text, str) or "####" not in text:
+        return None
+    return text.rsplit("####", 1)[1].strip().replace(",", "") or None
 
 
 def apply_columns(records, source, columns, answer_format, key_prefix):
@@ -226,10 +226,9 @@ def apply_columns(records, source, columns, answer_format, key_prefix):
     return records
 
 
-def load_records(spec, *, split=None, subset=None, columns=None, answer_format=None, key_prefix="dataset.",
-                 not_found=None):
-    """(source, items) for a spec. `source` is the file's Path, or a `hub:<id> (subset .., split ..)` label.
-    `not_found(spec)` words the missing-file error (callers name their config key); empty data is an error."""
+def load_records(spec, *, split=None, subset=None, columns=None, answer_format=None, key_prefix="dataset."):
+    """(source, items) for a spec. `source` is the file's Path, or a `hub:<id> (subset .., split ..)` label;
+    `key_prefix` is how errors name the settings (e.g. "evaluation.dataset_"). Empty data is an error."""
     spec = str(spec)
     hub = is_hub(spec)
     columns = check_options(key_prefix, split, subset, columns, answer_format, hub=hub)
@@ -241,7 +240,7 @@ def load_records(spec, *, split=None, subset=None, columns=None, answer_format=N
     else:
         path = find_file(spec)
         if path is None:
-            raise DataError((not_found or missing_message)(spec))
+            raise DataError(missing_message(spec))
         source = path
         records = read_records(path) if path.suffix in JSON_SUFFIXES else _read_arrow_file(path)
     if not records:
@@ -261,7 +260,7 @@ def hub_snapshot(spec, split=None, subset=None, key_prefix="dataset."):
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     except TypeError as err:  # images, audio, timestamps: not a text dataset
         raise DataError(f"{source}: rows are not JSON-serialisable ({err}); training reads text datasets") from None
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(source).removeprefix(HUB_PREFIX)).strip("_")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(source).removeprefix(HUB_PREFIX)).strip("_")[-80:]
     path = (Path(datasets.config.HF_DATASETS_CACHE) / "t3d_snapshots"
             / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl")
     if not path.is_file():
@@ -270,8 +269,8 @@ def hub_snapshot(spec, split=None, subset=None, key_prefix="dataset."):
 
 
 def section_options(section, key_prefix):
-    """The dataset settings of a config section: evaluation.dataset_{split,subset,columns,answer_format}
-    (key_prefix "evaluation.dataset_") or dataset.{columns,answer_format} (key_prefix "dataset.")."""
+    """load_records settings from a config section (or a dict): evaluation.dataset_{split,subset,columns,
+    answer_format} for key_prefix "evaluation.dataset_", dataset.{split,subset,columns,answer_format} for "dataset."."""
     from omegaconf import OmegaConf
 
     name = key_prefix.rsplit(".", 1)[-1]  # "dataset_" or ""
