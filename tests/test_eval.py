@@ -138,6 +138,20 @@ def test_sweep_over_checkpoints_and_settings_writes_table_and_plot(tmp_path, tin
     assert (sweep / "config.yaml").is_file()
 
 
+def test_hub_split_and_column_mapping_key_the_results(tmp_path):
+    cfg = eval_cfg(tmp_path, "models/sdar-tiny", "hub:openai/gsm8k", "evaluation.dataset_subset=main",
+                   "evaluation.dataset_split=test", "evaluation.dataset_answer_format=gsm8k",
+                   "evaluation.dataset_columns.ground_truth_answer=answer")
+    assert evaluation.dataset_name(cfg) == "gsm8k-main-test"  # another split: another result directory
+    settings = evaluation.result_settings(cfg, "hub:openai/gsm8k", "models/sdar-tiny")
+    assert settings["evaluation.dataset_split"] == "test" and settings["evaluation.dataset_subset"] == "main"
+    assert settings["evaluation.dataset_columns"] == {"ground_truth_answer": "answer"}
+    assert settings["evaluation.dataset_answer_format"] == "gsm8k"
+    plain = eval_cfg(tmp_path, "models/sdar-tiny", "data/synthetic_math_test.json")
+    assert evaluation.dataset_name(plain) == "synthetic_math_test"
+    assert not any(k.startswith("evaluation.dataset_") for k in evaluation.result_settings(plain, "x", "y"))
+
+
 def test_aup_per_method_of_a_sweep_equals_hand_computed_values():
     def row(checkpoint, kind, setting, tpf, acc):
         return {"checkpoint": checkpoint, "sweep_kind": kind, "setting": setting, "tokens_per_forward": tpf,

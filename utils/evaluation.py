@@ -339,7 +339,12 @@ def results_root(cfg):
 
 
 def dataset_name(cfg):
-    return Path(str(cfg.evaluation.eval_dataset)).stem
+    """Result-directory name of the dataset: its file stem, plus the hub subset and split when chosen
+    (hub:openai/gsm8k with subset main, split test -> gsm8k-main-test), so two splits never share results."""
+    ev = cfg.evaluation
+    parts = [Path(str(ev.eval_dataset)).stem] + [str(v) for v in (ev.get("dataset_subset"), ev.get("dataset_split"))
+                                                  if v not in (None, "")]
+    return "-".join(parts)
 
 
 _NOT_RESULT_KEYS = ("max_active", "batch_size", "num_task_per_step", "tensor_parallel_size")  # batching only
@@ -356,6 +361,9 @@ def result_settings(cfg, data_file, ckpt_path):
         "evaluation.data_type": str(cfg.evaluation.data_type), "evaluation.max_items": cfg.evaluation.max_items,
         "execute.test_time_limit": _plain(cfg.execute.test_time_limit), "execute.memory_mb": int(cfg.execute.memory_mb),
     })
+    for key in ("dataset_split", "dataset_subset", "dataset_columns", "dataset_answer_format"):  # what the items are
+        if cfg.evaluation.get(key) is not None:
+            out[f"evaluation.{key}"] = _plain(cfg.evaluation[key])
     return out
 
 
