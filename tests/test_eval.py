@@ -143,6 +143,7 @@ def test_hub_split_and_column_mapping_key_the_results(tmp_path):
                    "evaluation.dataset_split=test", "evaluation.dataset_answer_format=gsm8k",
                    "evaluation.dataset_columns.ground_truth_answer=answer")
     assert evaluation.dataset_name(cfg) == "gsm8k-main-test"  # another split: another result directory
+    assert rollout_mod.output_path(cfg).name == "outputs-eval-sdar-tiny-gsm8k-main-test.json"  # and rollout file
     settings = evaluation.result_settings(cfg, "hub:openai/gsm8k", "models/sdar-tiny")
     assert settings["evaluation.dataset_split"] == "test" and settings["evaluation.dataset_subset"] == "main"
     assert settings["evaluation.dataset_columns"] == {"ground_truth_answer": "answer"}

@@ -31,8 +31,8 @@ from .config import ConfigError, save_config
 from .grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
 from .io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir
 from .prompting import DATA_TYPES
-from .rollout import (number_setting, check_checkpoint_path, check_job_config, decode_config, item_error, load_items,
-                      dataset_options, rollout, setup, summarize)
+from .rollout import (number_setting, check_checkpoint_path, check_job_config, dataset_name, decode_config, item_error,
+                      load_items, dataset_options, rollout, setup, summarize)
 
 DYNAMIC = "low_confidence_dynamic"
 
@@ -336,15 +336,6 @@ def plot_sweep(rows, path, title, scores=()):
 def results_root(cfg):
     base = Path(cfg.experiment.output_dir) if cfg.experiment.output_dir else REPO_ROOT
     return base / str(cfg.experiment.project) / "results"
-
-
-def dataset_name(cfg):
-    """Result-directory name of the dataset: its file stem, plus the hub subset and split when chosen
-    (hub:openai/gsm8k with subset main, split test -> gsm8k-main-test), so two splits never share results."""
-    ev = cfg.evaluation
-    parts = [Path(str(ev.eval_dataset)).stem] + [str(v) for v in (ev.get("dataset_subset"), ev.get("dataset_split"))
-                                                  if v not in (None, "")]
-    return "-".join(parts)
 
 
 _NOT_RESULT_KEYS = ("max_active", "batch_size", "num_task_per_step", "tensor_parallel_size")  # batching only

@@ -387,11 +387,20 @@ def shard(items, num_node, node_index):
     return lo, items[lo:hi]
 
 
+def dataset_name(cfg):
+    """Output name of the `evaluation:` section's dataset: its file stem, plus the hub subset and split when
+    chosen (hub:openai/gsm8k with subset main, split test -> gsm8k-main-test), so two splits never share a file."""
+    ev = cfg.evaluation
+    parts = [Path(str(ev.eval_dataset)).stem] + [str(v) for v in (ev.get("dataset_subset"), ev.get("dataset_split"))
+                                                  if v not in (None, "")]
+    return "-".join(parts)
+
+
 def output_path(cfg):
     """<output_dir>/<project>/temp_data/outputs[-<node>]-eval-<checkpoint>-<dataset>.json (the original's name)."""
     base = Path(cfg.experiment.output_dir) if cfg.experiment.output_dir else REPO_ROOT
     ckpt = Path(str(cfg.evaluation.checkpoint_path).rstrip("/")).name
-    dataset = Path(str(cfg.evaluation.eval_dataset)).stem
+    dataset = dataset_name(cfg)
     node = f"-{cfg.evaluation.node_index}" if cfg.evaluation.num_node > 1 else ""
     return base / cfg.experiment.project / "temp_data" / f"outputs{node}-eval-{ckpt}-{dataset}.json"
 
