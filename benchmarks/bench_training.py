@@ -14,8 +14,8 @@ same loss at the start (checked; zero-initialised adapters leave the model uncha
 Time: median seconds per optimizer step (one micro-batch), the variants interleaved in one process,
 each with its own target copy and optimizer. Memory: see `common.MEMORY_METHOD` (one fresh subprocess
 per variant), plus the bytes of the training state each variant holds (weights incl. the reference, gradients,
-AdamW moments), counted from its tensors. A phase profile (torch.profiler) is always recorded; op-level hot spots are added when
-the time ratio misses the goal or with --profile.
+AdamW moments), counted from its tensors. A phase profile (torch.profiler) is always recorded; op-level hot
+spots are added when the time ratio misses the goal or with --profile.
 """
 import argparse
 import copy

@@ -71,7 +71,8 @@ def test_lora_off_by_default_and_its_config():
     ("model.lora.target_modules=[q_proj,lm_head]", "model.lora.target_modules: unknown module 'lm_head'; choose from "
                                                     "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
     ("model.lora.target_modules=[]", "model.lora.target_modules: empty; choose from q_proj"),
-    ("model.lora.target_modules=[q_proj,q_proj]", "model.lora.target_modules lists a module twice: ['q_proj', 'q_proj']"),
+    ("model.lora.target_modules=[q_proj,q_proj]",
+     "model.lora.target_modules lists a module twice: ['q_proj', 'q_proj']"),
 ])
 def test_bad_lora_configs_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as err:

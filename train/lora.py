@@ -78,6 +78,11 @@ def add_adapters(model, config, source, snapshot=False, bf16_base=False):
     return model
 
 
+def describe(model):
+    """One line for the log: how many parameters train."""
+    return f"LoRA: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.3f}M trainable adapter parameters"
+
+
 def is_peft(model):
     from peft import PeftModel
 

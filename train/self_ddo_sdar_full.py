@@ -109,6 +109,7 @@ def main(argv=None):
         model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
                                   snapshot=bool(tr.multi_round), bf16_base=str(tr.mixed_precision) == "bf16")
         ref = lora.AdapterReference(model, bool(tr.multi_round), int(tr.round_interval))
+        main_print(lora.describe(model) + "; the reference is this model without them")
     accelerator = make_accelerator(cfg, root)
     if adapters is None:
         ref = ref.to(accelerator.device)

@@ -68,8 +68,7 @@ def main(argv=None):
             raise ConfigError("model.lora is not supported under DeepSpeed ZeRO-3 (use DDP or ZeRO-1/2)")
         model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
                                   bf16_base=str(tr.mixed_precision) == "bf16")
-        accelerator.print(f"LoRA: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.3f}M "
-                          "trainable adapter parameters")
+        accelerator.print(lora.describe(model))
     if tr.gradient_checkpointing_enable:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     run = open_run(cfg, accelerator, root, data_path, path)

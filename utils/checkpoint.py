@@ -105,7 +105,8 @@ def check_checkpoint(path):
         config = check_checkpoint(adapter_base(path))
         peft_type = _json_object(path / ADAPTER_CONFIG).get("peft_type")
         if peft_type != "LORA":
-            raise CheckpointError(f"{path / ADAPTER_CONFIG}: peft_type {peft_type!r} is not supported (expected 'LORA')")
+            raise CheckpointError(
+                f"{path / ADAPTER_CONFIG}: peft_type {peft_type!r} is not supported (expected 'LORA')")
         if not (path / "adapter_model.safetensors").is_file():
             raise CheckpointError(f"{path / 'adapter_model.safetensors'}: missing (the adapter's weights)")
         _check_safetensors(path / "adapter_model.safetensors")
