@@ -153,6 +153,24 @@ def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
                               "no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
 
 
+def test_adapter_records_its_base_and_adapters_chain(tiny_dir, tmp_path):
+    assert lora.base_source("JetLM/SDAR-4B-Chat", "/hub/cache/snapshot") == "JetLM/SDAR-4B-Chat"  # portable
+    assert lora.base_source("models/sdar-tiny", "/abs/models/sdar-tiny") == "/abs/models/sdar-tiny"
+    assert lora.base_source(str(tiny_dir), str(tiny_dir)) == str(tiny_dir)
+    # training on top of an adapter directory: the new adapter's base is that directory, loaded merged
+    torch.manual_seed(0)
+    first = lora.add_adapters(load_model(str(tiny_dir)), lora_cfg(), str(tiny_dir))
+    perturb(first, seed=1)
+    lora.save_adapter(first, None, tmp_path / "one", merged=False)
+    torch.manual_seed(0)
+    second = lora.add_adapters(load_model(str(tmp_path / "one")), lora_cfg(), str(tmp_path / "one"))
+    perturb(second, seed=2)
+    want = lora.save_adapter(second, None, tmp_path / "two", merged=True).eval()
+    x = torch.randint(10, 200, (2, 8))
+    with torch.no_grad():
+        assert load_model(str(tmp_path / "two"))(input_ids=x).logits.equal(want(input_ids=x).logits)
+
+
 def sft(argv):
     from train.runtime import run_main
     from train.sft_sdar import main

@@ -132,7 +132,9 @@ def save_adapter(model, state, directory, merged):
     """The trained adapter (adapter_config.json with its base, adapter_model.safetensors) into `directory`; with
     `merged`, base + adapter merged as a full model under directory/merged (built from a copy: the training
     model is untouched, so a resumed run stays bit-identical)."""
-    model.save_pretrained(directory, state_dict=state, selected_adapters=[TRAINED], safe_serialization=True)
+    # save_embedding_layers=False: adapters never touch the embeddings (TARGETS), so PEFT need not inspect the base
+    model.save_pretrained(directory, state_dict=state, selected_adapters=[TRAINED], safe_serialization=True,
+                          save_embedding_layers=False)
     if merged:
         full = copy.deepcopy(model).merge_and_unload(adapter_names=[TRAINED])
         full.save_pretrained(Path(directory) / "merged", safe_serialization=True)
