@@ -153,6 +153,31 @@ def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
                               "no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
 
 
+def test_resume_fingerprint_has_lora_only_when_on(tmp_path):
+    from omegaconf import OmegaConf
+
+    from train import checkpoints as ck
+
+    data, model = tmp_path / "d.json", tmp_path / "m"
+    data.write_text("[]")
+    model.mkdir()
+
+    def fp(cfg):
+        return ck.run_fingerprint(cfg, data, model, 1)
+
+    off = load_config(["config=configs/ddo_sdar_full_self.yaml"])
+    older = OmegaConf.create(OmegaConf.to_container(off))
+    del older.model["lora"]  # a run started before model.lora existed still resumes with LoRA off
+    assert ck.fingerprint_changes(fp(older), fp(off)) == []
+    on = load_config(["config=configs/ddo_sdar_full_self.yaml", *LORA])
+    assert ck.fingerprint_changes(fp(off), fp(on)) == [
+        "model.lora.alpha '<absent>' -> 8.0", "model.lora.dropout '<absent>' -> 0.0", "model.lora.r '<absent>' -> 4",
+        "model.lora.target_modules '<absent>' -> ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', "
+        "'down_proj']"]
+    saving = load_config(["config=configs/ddo_sdar_full_self.yaml", *LORA, "model.lora.save_merged=true"])
+    assert ck.fingerprint_changes(fp(on), fp(saving)) == []  # saving cadence, not training
+
+
 def test_adapter_records_its_base_and_adapters_chain(tiny_dir, tmp_path):
     assert lora.base_source("JetLM/SDAR-4B-Chat", "/hub/cache/snapshot") == "JetLM/SDAR-4B-Chat"  # portable
     assert lora.base_source("models/sdar-tiny", "/abs/models/sdar-tiny") == "/abs/models/sdar-tiny"

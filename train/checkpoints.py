@@ -97,6 +97,8 @@ def run_fingerprint(cfg, data_path, model_dir, processes):
     """What a resume state must match: the resolved config minus NOT_TRAINING keys, the number of
     processes, the training data's content and the starting model's files."""
     config = {k: v for k, v in flatten(cfg).items() if not any(k == n or k.startswith(n) for n in NOT_TRAINING)}
+    if (cfg.model.get("lora") or {}).get("r") is None:  # LoRA off: a state saved before model.lora existed matches
+        config = {k: v for k, v in config.items() if not k.startswith("model.lora")}
     return json.loads(json.dumps({"config": config, "processes": int(processes),
                                   "data": file_digest(data_path), "weights": model_identity(model_dir)}))
 
