@@ -153,6 +153,24 @@ def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
                               "no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
 
 
+def test_lm_eval_model_loads_an_adapter_directory(tiny_dir, tmp_path):
+    from integrations.lm_eval_sdar import SDARBlockDiffusionLM
+
+    torch.manual_seed(0)
+    model = lora.add_adapters(load_model(str(tiny_dir)), lora_cfg(), str(tiny_dir))
+    perturb(model)
+    merged = lora.save_adapter(model, None, tmp_path / "adapter", merged=False)
+    assert merged is None
+    want = model.merge_and_unload().eval()
+    lm = SDARBlockDiffusionLM(pretrained=str(tmp_path / "adapter"), block_size=4, denoising_steps=1)
+    x = torch.randint(10, 200, (2, 8))
+    with torch.no_grad():
+        assert lm.model(input_ids=x).logits.equal(want(input_ids=x).logits)
+    assert lm.checkpoint == str(tmp_path / "adapter")
+    # an adapter saved without tokenizer files (PEFT's save_pretrained alone) takes its base's
+    assert not list((tmp_path / "adapter").glob("tokenizer*")) and lm.tokenizer.mask_token_id is not None
+
+
 def test_resume_fingerprint_has_lora_only_when_on(tmp_path):
     from omegaconf import OmegaConf
 

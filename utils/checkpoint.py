@@ -58,7 +58,10 @@ def content_fingerprint(path):
     An adapter directory's weights cover its adapter files and its base's weights."""
     groups = {"weights": hashlib.sha256(), "tokenizer": hashlib.sha256()}
     if is_adapter(path):
-        groups["weights"].update(f"base\0{content_fingerprint(adapter_base(path))['weights']}\0".encode())
+        base = content_fingerprint(adapter_base(path))
+        groups["weights"].update(f"base\0{base['weights']}\0".encode())
+        if tokenizer_dir(path) != str(path):
+            groups["tokenizer"].update(f"base\0{base['tokenizer']}\0".encode())
     for file in sorted(Path(path).iterdir()):
         if not file.is_file() or file.name.startswith("."):
             continue
@@ -161,10 +164,19 @@ def resolve_checkpoint(path_or_id):
         ) from None
 
 
+def tokenizer_dir(path):
+    """Where a checkpoint's tokenizer is: the directory itself, or an adapter directory's base when it has none."""
+    if is_adapter(path) and not any(Path(path).glob("tokenizer*")):
+        return tokenizer_dir(adapter_base(path))
+    return str(path)
+
+
 def load_tokenizer(path):
-    """AutoTokenizer with a guaranteed mask token (some SDAR tokenizers carry <|MASK|> but do not declare it)."""
+    """AutoTokenizer with a guaranteed mask token (some SDAR tokenizers carry <|MASK|> but do not declare it); an
+    adapter directory without tokenizer files uses its base's."""
     from transformers import AutoTokenizer
 
+    path = tokenizer_dir(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError) as err:
