@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Commands run by scripts/run_experiment_v2.py, with wall times on 2 CPU cores.
+# Run from the repository root with the venv active (. .venv/bin/activate).
+set -euo pipefail
+ROOT="${ROOT:-$PWD}"
+# All of it in one command (stage wall times: data 0 s, rollout 53 s, train 962 s, tune 26 s, eval 93 s, report 1 s):
+#   python scripts/run_experiment_v2.py --base models/sdar-tiny --task synthetic_math --block-size 4 --max-token 64 --rollout-questions 4000 --t3d-config configs/t3d_tiny.yaml --naive-config configs/experiments/naive_sd_tiny.yaml --out experiments/t3d_tiny_v2 --results results/v2/synthetic_math_b4
+
+# data
+mkdir -p "${ROOT}/experiments/t3d_tiny_v2/data"
+python -c 'import sys, json; json.dump(json.load(open(sys.argv[1]))[:int(sys.argv[3])], open(sys.argv[2], "w"))' "${ROOT}/data/synthetic_math_train.json" "${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout.json" 4000
+
+# rollout: 48 s
+(cd sample && python sdar_sample.py config=../configs/sdar_sample.yaml "evaluation.checkpoint_path=${ROOT}/models/sdar-tiny" "evaluation.eval_dataset=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout.json" evaluation.data_type=math rollout.block_size=4 rollout.denoising_steps_per_block=4 rollout.max_token=64 rollout.temperature=0.1 rollout.top_p=1.0 rollout.top_k=0 rollout.remasking_strategy=low_confidence_static rollout.num_response_per_task=1 rollout.seed=0 "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=sdar_sample)
+
+# rename_key: 0 s
+python data/rename_key.py --input "${ROOT}/experiments/t3d_tiny_v2/sdar_sample/temp_data/outputs-eval-sdar-tiny-synthetic_math_train_rollout.json" --output "${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json"
+
+# tune_val_dynamic: 26 s
+python eval.py config=configs/eval.yaml "evaluation.eval_dataset=${ROOT}/data/synthetic_math_val.json" evaluation.data_type=math rollout.block_size=4 rollout.temperature=0.0 rollout.max_token=64 rollout.seed=0 "sweep.checkpoints=[base=${ROOT}/models/sdar-tiny]" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=tune_val_dynamic evaluation.num_threads=1 'sweep.dynamic_thresholds=[0.99,0.95,0.9,0.8,0.7,0.5]' sweep.denoising_steps=null
+
+# train_naive_seed0: 154 s
+python train/sft_sdar.py config=configs/experiments/naive_sd_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=naive_seed0 training.seed=0 training.num_threads=1
+
+# train_naive_seed1: 153 s
+python train/sft_sdar.py config=configs/experiments/naive_sd_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=naive_seed1 training.seed=1 training.num_threads=1
+
+# train_naive_seed2: 151 s
+python train/sft_sdar.py config=configs/experiments/naive_sd_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=naive_seed2 training.seed=2 training.num_threads=1
+
+# train_t3d_seed0: 200 s
+python train/self_ddo_sdar_full.py config=configs/t3d_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=t3d_seed0 training.seed=0 training.num_threads=1
+
+# train_t3d_seed1: 196 s
+python train/self_ddo_sdar_full.py config=configs/t3d_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=t3d_seed1 training.seed=1 training.num_threads=1
+
+# train_t3d_seed2: 201 s
+python train/self_ddo_sdar_full.py config=configs/t3d_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=t3d_seed2 training.seed=2 training.num_threads=1
+
+# train_ddo_only_seed0: 209 s
+python train/self_ddo_sdar_full.py config=configs/t3d_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=ddo_only_seed0 training.seed=0 training.num_threads=1 training.lambda_path=0.0
+
+# train_path_only_seed0: 207 s
+python train/self_ddo_sdar_full.py config=configs/t3d_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=path_only_seed0 training.seed=0 training.num_threads=1 training.lambda_ddo=0.0
+
+# train_random_masks_seed0: 195 s
+python train/self_ddo_sdar_full.py config=configs/t3d_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=random_masks_seed0 training.seed=0 training.num_threads=1 training.mask_strategy=random
+
+# train_one_round_seed0: 200 s
+python train/self_ddo_sdar_full.py config=configs/t3d_tiny.yaml experiment.start_from_scratch=true "model.pretrained_model=${ROOT}/models/sdar-tiny" "dataset.optimization_data=${ROOT}/experiments/t3d_tiny_v2/data/synthetic_math_train_rollout_renamed.json" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=one_round_seed0 training.seed=0 training.num_threads=1 training.multi_round=false
+
+# eval_test_static0: 84 s
+python eval.py config=configs/eval.yaml "evaluation.eval_dataset=${ROOT}/data/synthetic_math_test.json" evaluation.data_type=math rollout.block_size=4 rollout.temperature=0.0 rollout.max_token=64 rollout.seed=0 'sweep.denoising_steps=[4,2,1]' "sweep.checkpoints=[base=${ROOT}/models/sdar-tiny,naive_seed1=${ROOT}/experiments/t3d_tiny_v2/naive_seed1/ckpt/naive,t3d_seed0=${ROOT}/experiments/t3d_tiny_v2/t3d_seed0/ckpt/optimized,t3d_seed2=${ROOT}/experiments/t3d_tiny_v2/t3d_seed2/ckpt/optimized,path_only_seed0=${ROOT}/experiments/t3d_tiny_v2/path_only_seed0/ckpt/optimized,one_round_seed0=${ROOT}/experiments/t3d_tiny_v2/one_round_seed0/ckpt/optimized]" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=eval_test_static0 evaluation.num_threads=1
+
+# eval_test_static1: 70 s
+python eval.py config=configs/eval.yaml "evaluation.eval_dataset=${ROOT}/data/synthetic_math_test.json" evaluation.data_type=math rollout.block_size=4 rollout.temperature=0.0 rollout.max_token=64 rollout.seed=0 'sweep.denoising_steps=[4,2,1]' "sweep.checkpoints=[naive_seed0=${ROOT}/experiments/t3d_tiny_v2/naive_seed0/ckpt/naive,naive_seed2=${ROOT}/experiments/t3d_tiny_v2/naive_seed2/ckpt/naive,t3d_seed1=${ROOT}/experiments/t3d_tiny_v2/t3d_seed1/ckpt/optimized,ddo_only_seed0=${ROOT}/experiments/t3d_tiny_v2/ddo_only_seed0/ckpt/optimized,random_masks_seed0=${ROOT}/experiments/t3d_tiny_v2/random_masks_seed0/ckpt/optimized]" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=eval_test_static1 evaluation.num_threads=1
+
+# eval_test_dynamic: 22 s
+python eval.py config=configs/eval.yaml "evaluation.eval_dataset=${ROOT}/data/synthetic_math_test.json" evaluation.data_type=math rollout.block_size=4 rollout.temperature=0.0 rollout.max_token=64 rollout.seed=0 "sweep.checkpoints=[base=${ROOT}/models/sdar-tiny]" "experiment.output_dir=${ROOT}/experiments/t3d_tiny_v2" experiment.project=eval_test_dynamic evaluation.num_threads=1 'sweep.dynamic_thresholds=[0.9,0.8,0.7,0.5]' sweep.denoising_steps=null
