@@ -38,6 +38,7 @@ def generate(model, prompts, cfg, **kw):  # the response of the question found i
         out.token_ids.append(tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
         out.step_maps.append(list(range(1, len(out.token_ids[-1]) + 1)))
         out.nfe.append(1)
+        out.prefill_nfe.append(0)
         out.finished.append(True)
     return out
 
