@@ -29,6 +29,23 @@ class StageError(RuntimeError):
     """A stage's command failed; the message names the command and ends with its log's tail."""
 
 
+def run_stages(exp, requested, all_stages, prog, on_stage_done=None):
+    """Run exp.stage_<name>() for the requested stages in pipeline order, timing each; exits with one line
+    on an unknown stage name. on_stage_done(name, seconds) is called after each."""
+    unknown = [s for s in requested if s not in all_stages]
+    if unknown:
+        sys.exit(f"{prog}: unknown stage(s) {unknown}; choose from {', '.join(all_stages)}")
+    started = time.perf_counter()
+    for stage in all_stages:
+        if stage in requested:
+            t = time.perf_counter()
+            getattr(exp, f"stage_{stage}")()
+            if on_stage_done is not None:
+                on_stage_done(stage, time.perf_counter() - t)
+            print(f"== {stage}: {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+
+
 def shell_line(cmd, cwd=ROOT, portable=False):
     """The command as one copy-pasteable shell line (with `cd` when it runs outside the repo root).
 

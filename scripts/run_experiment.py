@@ -22,7 +22,6 @@ import re
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -251,19 +250,9 @@ commands_script = pl.commands_script
 def main(argv=None):
     args = parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        sys.exit(f"run_experiment: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
     if args.retrain_base and "base" not in stages:
         stages.insert(0, "base")
-    exp = Experiment(args)
-    started = time.perf_counter()
-    for stage in STAGES:
-        if stage in stages:
-            t = time.perf_counter()
-            getattr(exp, f"stage_{stage}")()
-            print(f"== {stage}: {time.perf_counter() - t:.0f} s")
-    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    pl.run_stages(Experiment(args), stages, STAGES, "run_experiment")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -406,18 +405,9 @@ def markdown(summary, steps, goal, block_size):
 def main(argv=None):
     args = parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        sys.exit(f"run_experiment_v2: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
     exp = Experiment(args)
-    started = time.perf_counter()
-    for stage in STAGES:
-        if stage in stages:
-            t = time.perf_counter()
-            getattr(exp, f"stage_{stage}")()
-            exp.stage_seconds({stage: round(time.perf_counter() - t, 1)})
-            print(f"== {stage}: {time.perf_counter() - t:.0f} s", flush=True)
-    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    pl.run_stages(exp, stages, STAGES, "run_experiment_v2",
+                  on_stage_done=lambda stage, seconds: exp.stage_seconds({stage: round(seconds, 1)}))
 
 
 if __name__ == "__main__":
