@@ -3,7 +3,9 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -173,6 +175,20 @@ def test_namespaces_are_used_wherever_the_kernel_allows_them():
     flags = "-mpnfiu" if os.geteuid() == 0 else "-rmpnfiu"
     works = subprocess.run(["unshare", flags, "true"], capture_output=True).returncode == 0
     assert sandbox.isolation() == (sandbox.NAMESPACES if works else sandbox.RLIMITS_ONLY)
+
+
+def test_namespaces_work_with_the_python_installation_under_tmp(monkeypatch, tmp_path):
+    # a checkout (and its venv) under /tmp is bound there read-only; /tmp cannot also be the scratch link
+    if sandbox.isolation() != sandbox.NAMESPACES:
+        pytest.skip("Linux namespaces unavailable: rlimits-only sandbox")
+    under_tmp = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        visible = sandbox._visible_paths
+        monkeypatch.setattr(sandbox, "_visible_paths", lambda: visible() + [str(under_tmp)])
+        code = "import os, tempfile\nprint(tempfile.gettempdir() == os.getcwd(), os.path.isdir(%r))" % str(under_tmp)
+        assert run_stdio_tests(code, [""], ["True True"]) == [True]
+    finally:
+        under_tmp.rmdir()
 
 
 needs_namespaces = pytest.mark.skipif(sandbox.isolation() != sandbox.NAMESPACES,

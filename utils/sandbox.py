@@ -466,7 +466,10 @@ def _build_root(job, libc, check):
     os.makedirs(scratch)
     _mount(check, libc, "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={job['scratch_mb']}m,mode=0700,uid={job['uid']},gid={job['uid']}")
-    os.symlink(job["workdir"], "/newroot/tmp")
+    if not os.path.lexists("/newroot/tmp"):
+        os.symlink(job["workdir"], "/newroot/tmp")
+    # else this Python lives under the host's /tmp (e.g. a checkout in /tmp): /tmp holds its read-only bind,
+    # and TMPDIR / HOME / the working directory still point at the scratch space
     os.makedirs("/newroot/proc")
     try:  # a /proc of this PID namespace only; needs the host's /proc still visible, so before the pivot
         _mount(check, libc, "proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
