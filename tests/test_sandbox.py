@@ -185,8 +185,9 @@ def test_namespaces_work_with_the_python_installation_under_tmp(monkeypatch, tmp
     try:
         visible = sandbox._visible_paths
         monkeypatch.setattr(sandbox, "_visible_paths", lambda: visible() + [str(under_tmp)])
-        code = "import os, tempfile\nprint(tempfile.gettempdir() == os.getcwd(), os.path.isdir(%r))" % str(under_tmp)
-        assert run_stdio_tests(code, [""], ["True True"]) == [True]
+        code = ("import os, tempfile\nopen('/tmp/b.txt', 'w').write('y')\n"
+                "print(tempfile.gettempdir() == os.getcwd(), os.path.isdir(%r), open('b.txt').read())" % str(under_tmp))
+        assert run_stdio_tests(code, [""], ["True True y"]) == [True]  # /tmp is still the writable scratch
     finally:
         under_tmp.rmdir()
 

@@ -452,6 +452,14 @@ def _build_root(job, libc, check):
     check(libc.syscall(calls["pivot_root"], b".", b"oldroot"), "pivot_root")
     os.chdir("/")
     _mount(check, libc, "tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    # The private scratch first, also shown at /tmp, so that read-only binds of a Python living under the
+    # host's /tmp (a checkout in /tmp) land inside it rather than in place of it.
+    scratch = "/newroot" + job["workdir"]
+    os.makedirs(scratch)
+    _mount(check, libc, "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={job['scratch_mb']}m,mode=0700,uid={job['uid']},gid={job['uid']}")
+    if job["workdir"] != "/tmp":
+        _bind(check, libc, scratch, "/newroot/tmp", writable=True)
     for path in job["visible"]:
         source, target = "/oldroot" + path, "/newroot" + path
         if os.path.islink(source):  # e.g. /bin -> usr/bin on merged-/usr systems
@@ -462,14 +470,6 @@ def _build_root(job, libc, check):
     for node in ("null", "zero", "full", "random", "urandom"):
         _bind(check, libc, "/oldroot/dev/" + node, "/newroot/dev/" + node, writable=True)
     os.symlink("/proc/self/fd", "/newroot/dev/fd")
-    scratch = "/newroot" + job["workdir"]
-    os.makedirs(scratch)
-    _mount(check, libc, "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={job['scratch_mb']}m,mode=0700,uid={job['uid']},gid={job['uid']}")
-    if not os.path.lexists("/newroot/tmp"):
-        os.symlink(job["workdir"], "/newroot/tmp")
-    # else this Python lives under the host's /tmp (e.g. a checkout in /tmp): /tmp holds its read-only bind,
-    # and TMPDIR / HOME / the working directory still point at the scratch space
     os.makedirs("/newroot/proc")
     try:  # a /proc of this PID namespace only; needs the host's /proc still visible, so before the pivot
         _mount(check, libc, "proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
