@@ -59,16 +59,21 @@ def isolated(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def train(argv):
+def exit_code(main, argv):
     """run_main(main, argv) in-process; returns the exit code (0 when main returns)."""
     from train.runtime import run_main
-    from train.self_ddo_sdar_full import main
 
     try:
         run_main(main, argv)
     except SystemExit as stop:
         return stop.code
     return 0
+
+
+def train(argv):
+    from train.self_ddo_sdar_full import main
+
+    return exit_code(main, argv)
 
 
 def t3d_argv(data, out, model, *extra):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_bad_inputs_train import isolated  # noqa: F401  (fixture)
+from tests.test_bad_inputs_train import exit_code, isolated  # noqa: F401  (isolated: a fixture)
 from tests.test_losses import _tiny_batch
 from tests.test_train_run import ENV, REPO, RUN, launch, metrics, records_file, t3d_args
 from train import lora
@@ -215,14 +215,9 @@ def test_adapter_records_its_base_and_adapters_chain(tiny_dir, tmp_path):
 
 
 def sft(argv):
-    from train.runtime import run_main
     from train.sft_sdar import main
 
-    try:
-        run_main(main, argv)
-    except SystemExit as stop:
-        return stop.code
-    return 0
+    return exit_code(main, argv)
 
 
 def test_lora_sft_in_process_saves_an_adapter_and_its_rank_is_in_the_resume_fingerprint(tiny_dir, tmp_path, capsys,
