@@ -511,11 +511,10 @@ def _evaluate_checkpoint(cfg, label, path, runs, items, root, data_file):
     return state, rows
 
 
-def write_sweep(rows, cfg, root):
+def write_sweep(rows, scores, cfg, root):
     """results/sweep-<dataset>/: sweep.json ({"rows": [...], "aup": [...]}), sweep.md, sweep.png, the config."""
     dataset, block = dataset_name(cfg), cfg.rollout.block_size
     sweep_dir = root / f"sweep-{dataset}"
-    scores = aup_rows(rows)
     atomic_write_json(sweep_dir / "sweep.json", {"rows": rows, "aup": scores})
     atomic_write_text(sweep_dir / "sweep.md",
                       f"# {dataset}: block size {block}\n\n" + markdown_table(rows) + aup_markdown(scores))
@@ -560,7 +559,8 @@ def run_eval_job(cfg):
         torch.set_num_threads(threads)  # process-wide: leave it as found (tests, notebooks)
     if not state.is_main_process:
         return None
+    scores = aup_rows(rows)
     if len(rows) > 1:
-        write_sweep(rows, cfg, root)
-    print(markdown_table(rows) + aup_markdown(aup_rows(rows)), end="")
+        write_sweep(rows, scores, cfg, root)
+    print(markdown_table(rows) + aup_markdown(scores), end="")
     return rows
