@@ -113,12 +113,8 @@ def child(args):
     target, ref, batch, settings = setup(args.length, QUICK_SHAPE if args.quick else SHAPE)
     step = make_step(args.child, target, ref, batch, settings)
     step()
-    C.reset_peak_rss()
-    before = C.current_rss_mib()
-    step()
-    peak = C.maxrss_mib()
-    print(C.json.dumps({"variant": args.child, "length": args.length, "rss_before_mib": before,
-                        "peak_rss_mib": peak, "step_peak_extra_mib": peak - before}))
+    _, memory = C.measure_peak(step)
+    print(C.json.dumps({"variant": args.child, "length": args.length, **memory}))
 
 
 def main(argv=None):
@@ -151,7 +147,7 @@ def main(argv=None):
             for n in VARIANTS:
                 child_args = ["--child", n, "--length", length, "--threads", args.threads] + ["--quick"] * args.quick
                 memory[n].append(C.run_child(Path(__file__), child_args))
-        peak = {n: C.median([m["step_peak_extra_mib"] for m in memory[n]]) for n in VARIANTS}
+        peak = {n: C.median([m["peak_extra_mib"] for m in memory[n]]) for n in VARIANTS}
         med = {n: C.median(times[n]) for n in VARIANTS}
         blv = BATCH * length * vocab * 4 / 2**20  # one fp32 [b, L, V] tensor
         rows.append([length, blv, peak["full"], peak["full"] / blv, peak["chunked"], peak["chunked"] / blv,

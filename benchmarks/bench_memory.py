@@ -43,14 +43,10 @@ def child(args):
     model = C.random_sdar(tok, seed=0)
     prompts = C.random_prompts(args.batch, prompt_lengths(args.batch), C.plain_vocab(tok), seed=0)
     cfg = DecodeConfig(block_size=4, steps_per_block=args.steps, max_new_tokens=args.length, stop_at_eos=False)
-    C.reset_peak_rss()
-    before = C.current_rss_mib()
-    seconds, wall, out = C.timed(lambda: generate(model, prompts, cfg, mask_id=tok.mask_token_id,
-                                                  pad_id=tok.pad_token_id, stop_ids=(tok.eos_token_id,)), "cpu")
-    peak = C.maxrss_mib()
+    (seconds, wall, out), memory = C.measure_peak(lambda: C.timed(lambda: generate(
+        model, prompts, cfg, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id, stop_ids=(tok.eos_token_id,)), "cpu"))
     assert all(len(t) == args.length for t in out.token_ids)
-    print(C.json.dumps({"rss_before_mib": before, "peak_rss_mib": peak, "peak_extra_mib": peak - before,
-                        "cpu_s": seconds, "wall_s": wall, "batch_forwards": out.batch_forwards,
+    print(C.json.dumps({**memory, "cpu_s": seconds, "wall_s": wall, "batch_forwards": out.batch_forwards,
                         "model": C.model_shape(model)}))
 
 

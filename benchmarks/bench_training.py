@@ -144,12 +144,8 @@ def child(args):
         target, ref = lora_target(target, args.lora_r)
     step = make_step(args.child, target, ref, batch, settings)
     step()
-    C.reset_peak_rss()
-    before = C.current_rss_mib()
-    step()
-    peak = C.maxrss_mib()
-    print(C.json.dumps({"variant": args.child, "rss_before_mib": before, "peak_rss_mib": peak,
-                        "step_peak_extra_mib": peak - before, "state_mib": state_mib(target, ref, step.optimizer)}))
+    _, memory = C.measure_peak(step)
+    print(C.json.dumps({"variant": args.child, **memory, "state_mib": state_mib(target, ref, step.optimizer)}))
 
 
 def phase_profile(steps, rounds=2, top_ops=0):
@@ -213,7 +209,7 @@ def main(argv=None):
                           "--max-response", args.max_response, "--response-median", args.response_median,
                           "--lora-r", args.lora_r]
             memory[n].append(C.run_child(Path(__file__), child_args))
-    peak = {n: C.median([m["step_peak_extra_mib"] for m in memory[n]]) for n in VARIANTS}
+    peak = {n: C.median([m["peak_extra_mib"] for m in memory[n]]) for n in VARIANTS}
     state = {n: memory[n][0]["state_mib"] for n in VARIANTS}  # counted, the same in every run
     trainable = {n: sum(p.numel() for p in pairs[n][0].parameters() if p.requires_grad) for n in VARIANTS}
 

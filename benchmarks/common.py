@@ -256,6 +256,16 @@ def reset_peak_rss():
     return maxrss_mib() <= current_rss_mib() + 1
 
 
+def measure_peak(work):
+    """Run `work()` with the RSS high-water mark reset first -> (its result, {rss_before_mib, peak_rss_mib,
+    peak_extra_mib}): the extra memory `work` needs at its peak (see MEMORY_METHOD)."""
+    reset_peak_rss()
+    before = current_rss_mib()
+    result = work()
+    peak = maxrss_mib()
+    return result, {"rss_before_mib": before, "peak_rss_mib": peak, "peak_extra_mib": peak - before}
+
+
 MEMORY_METHOD = (
     "a fresh subprocess per variant builds what the work needs (model, optimizer state, inputs), resets its RSS "
     "high-water mark "
