@@ -320,3 +320,20 @@ def test_eval_resume_refuses_other_weights_at_the_same_path(tmp_path, tiny_dir, 
     capsys.readouterr()
     run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))
     assert f"note: replacing the finished result in {restarted['run_dir']} (accuracy " in capsys.readouterr().err
+
+
+def test_plot_with_many_methods_moves_the_legend_beside_the_axes(tmp_path):
+    """More than four checkpoints: a wider figure (legend outside the axes); four or fewer: the compact one."""
+    import struct
+
+    from utils.evaluation import plot_sweep
+
+    def width(n):
+        rows = [{"checkpoint": f"m{i}", "sweep_kind": kind, "setting": setting, "tokens_per_forward": x,
+                 "accuracy": 0.5 - 0.01 * i} for i in range(n)
+                for kind, setting, x in (("steps", "S=4", 1.0), ("steps", "S=1", 3.0), ("threshold", "τ=0.9", 2.0))]
+        path = tmp_path / f"{n}.png"
+        plot_sweep(rows, path, "t", [{"method": "m0", "aup": 1.0}])
+        return struct.unpack(">I", path.read_bytes()[16:20])[0]  # PNG IHDR width
+
+    assert width(4) == 7.5 * 150 and width(5) == 11.5 * 150

@@ -70,6 +70,29 @@ def test_goal_is_non_overlapping_aup_and_full_step_within_one_point():
     assert goal["full_step_change"] == pytest.approx(-0.015) and not goal["full_step_kept"] and not goal["met"]
 
 
+def test_trained_checkpoints_are_scored_per_decoder_and_t3d_takes_its_better_one():
+    """Threshold rows of a trained checkpoint form `<method>_dynamic`, scored apart from its static points; the
+    goal takes T3D with the decoder whose lowest seed is higher and holds it against both decoders of each
+    baseline."""
+    dyn = [row("t3d_seed0", 0.9, 0.80, 2.5, "threshold"), row("t3d_seed0", 0.5, 0.78, 3.0, "threshold"),
+           row("t3d_seed1", 0.9, 0.79, 2.4, "threshold"), row("t3d_seed1", 0.5, 0.77, 2.9, "threshold"),
+           row("naive_seed0", 0.9, 0.78, 2.2, "threshold"), row("naive_seed0", 0.5, 0.70, 2.6, "threshold")]
+    s = v2.summarize(ROWS + dyn, OOD, [2, 1], 2)
+    assert list(s) == ["base", "base_dynamic", "naive", "naive_dynamic", "t3d", "t3d_dynamic"]
+    assert s["t3d_dynamic"]["label"] == "T3D (dynamic τ)" and s["t3d_dynamic"]["seeds"] == 2
+    # y_max = 80, the best of all rows; by hand: 2.5 * 80 + 0.5 * (3.0 - 2.5) * (78 * exp(-3 * (1 - 78/80)) + 80)
+    assert s["t3d_dynamic"]["aup"]["t3d_seed0"] == pytest.approx(200 + 0.25 * (78 * math.exp(-0.075) + 80))
+    assert s["t3d_dynamic"]["aup"]["t3d_seed1"] == pytest.approx(aup([(2.4, 79.0), (2.9, 77.0)], 80.0)[0])
+    assert s["t3d_dynamic"]["full_step_change"] is None and s["t3d_dynamic"]["ood_full_step"] is None
+    assert s["t3d"]["aup"] == v2.summarize(ROWS, OOD, [2, 1], 2)["t3d"]["aup"]  # static points unchanged
+    goal = v2.goal_check(s)
+    assert goal["t3d_decoder"] == "t3d_dynamic" and goal["aup_beats"]["naive_dynamic"] is True and goal["met"]
+    # naive's dynamic decoder above T3D's best lowest seed: not met
+    strong = dyn + [row("naive_seed0", 0.3, 0.80, 4.0, "threshold")]
+    goal = v2.goal_check(v2.summarize(ROWS + strong, OOD, [2, 1], 2))
+    assert goal["aup_beats"]["naive_dynamic"] is False and not goal["met"]
+
+
 def test_table_lines():
     s = v2.summarize(ROWS, OOD, [2, 1], 2)
     lines = v2.markdown(s, [2, 1], v2.goal_check(s), 2).splitlines()
@@ -121,7 +144,8 @@ def test_pipeline_on_a_tiny_slice(tmp_path):
              "--train-override", "training.batch_size_lm=4", "--train-override", "lr_scheduler.params.warmup_steps=1"])
     report = json.loads((results / "results.json").read_text())
     summary, runs = report["summary"], report["runs"]
-    assert list(summary) == ["base", "base_dynamic", "naive", "t3d", "path_only"]
+    assert list(summary) == ["base", "base_dynamic", "naive", "naive_dynamic", "t3d", "t3d_dynamic", "path_only",
+                             "path_only_dynamic"]
     assert report["setup"]["eval_items"] == 8 and report["setup"]["steps"] == [4, 2, 1]
     checkpoints = {r["checkpoint"] for r in runs}
     assert checkpoints == {"base", "naive_seed0", "t3d_seed0", "path_only_seed0"}

@@ -282,15 +282,17 @@ def metrics_markdown(metrics):
 # ---------------------------------------------------------------------------------------------------- plot
 def plot_sweep(rows, path, title, scores=()):
     """PNG of accuracy against tokens per forward: one colour per checkpoint, S sweeps as solid lines,
-    threshold sweeps dashed, every point labelled with its setting, AUP (aup_rows) in the legend.
-    Written atomically."""
+    threshold sweeps dashed, every point labelled with its setting, AUP (aup_rows) in the legend. With more than
+    four checkpoints only the first one's points are labelled (the others' settings follow the same order) and
+    the legend sits beside the axes. Written atomically."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state (Agg renders the PNG)
 
-    fig = Figure(figsize=(7.5, 4.8), dpi=150)
+    checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    crowded = len(checkpoints) > 4
+    fig = Figure(figsize=(11.5, 5.2) if crowded else (7.5, 4.8), dpi=150)
     ax = fig.subplots()
     colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
     aup_of = {s["method"]: s["aup"] for s in scores}
     for ci, name in enumerate(checkpoints):
         colour = colours[ci % len(colours)]
@@ -307,7 +309,7 @@ def plot_sweep(rows, path, title, scores=()):
         spots = {}
         for r in mine:
             spots.setdefault((round(r["tokens_per_forward"], 3), round(r["accuracy"], 3)), []).append(r["setting"])
-        for (x, y), names in spots.items():
+        for (x, y), names in (spots.items() if not crowded or ci == 0 else ()):
             ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 7 if ci % 2 == 0 else -13),
                         fontsize=8, color=colour)
     ax.set_xlabel("tokens per forward (decoded tokens / NFE, higher = faster)")
@@ -318,7 +320,10 @@ def plot_sweep(rows, path, title, scores=()):
     ax.margins(x=0.1)
     ax.grid(True, alpha=0.3)
     ax.set_title(title, fontsize=11)
-    ax.legend(title="method", fontsize=9, title_fontsize=9, loc="best")
+    if crowded:
+        ax.legend(title="method", fontsize=8, title_fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(title="method", fontsize=9, title_fontsize=9, loc="best")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
