@@ -91,11 +91,18 @@ def test_trained_checkpoints_are_scored_per_decoder_and_t3d_takes_its_better_one
     strong = dyn + [row("naive_seed0", 0.3, 0.80, 4.0, "threshold")]
     goal = v2.goal_check(v2.summarize(ROWS + strong, OOD, [2, 1], 2))
     assert goal["aup_beats"]["naive_dynamic"] is False and not goal["met"]
+    # a seeded T3D variant (the val-chosen beta) gets the same check under its own name
+    variant = [dict(r, checkpoint=r["checkpoint"].replace("t3d_", "t3d_beta1_")) for r in ROWS + dyn
+               if r["checkpoint"].startswith("t3d_")]
+    s = v2.summarize(ROWS + dyn + variant, OOD, [2, 1], 2)
+    assert s["t3d_beta1_dynamic"]["label"] == "T3D, β = 1 (chosen on val) (dynamic τ)"
+    goal = v2.goal_check(s, "t3d_beta1")
+    assert goal["method"] == "t3d_beta1" and goal["t3d_decoder"] == "t3d_beta1_dynamic" and goal["met"]
 
 
 def test_table_lines():
     s = v2.summarize(ROWS, OOD, [2, 1], 2)
-    lines = v2.markdown(s, [2, 1], v2.goal_check(s), 2).splitlines()
+    lines = v2.markdown(s, [2, 1], [v2.goal_check(s)], 2).splitlines()
     assert lines[2] == "| base | 1 | 80.0 | 40.0 | 1.00 / 2.00 | 1.50 / 2.50 | 80.0 | – | – |"
     assert lines[3].startswith("| base (dynamic τ) | 1 | τ=0.9: 78.0; τ=0.5: 70.0 |  | 1.50 / 1.80 |")
     assert lines[5].startswith("| T3D | 2 | 79.5 ± 0.7 | 77.0 ± 1.4 | 1.00 / 2.00 | 1.50 / 2.50 | ")
