@@ -8,10 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import models  # noqa: F401  (registers SDAR with the Auto classes)
-from utils.checkpoint import load_tokenizer
-from utils.decoding import DecodeConfig, generate
-from utils.grading import extract_answer, grade_math
-from utils.prompting import build_prompt, encode_prompt
+from utils import rollout as ro
+from utils.checkpoint import load_tokenizer, stop_token_ids
+from utils.decoding import DecodeConfig
+from utils.grading import grade_items
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ROOT / "models" / "sdar-chain"
@@ -31,19 +31,17 @@ def test_loads_through_auto_classes_with_block_size_8_and_the_default_tokenizer(
 
 
 def test_full_step_beats_one_step_by_a_wide_margin_on_validation(chain_base):
-    """Greedy on the first 40 val problems (the full 400: S=8 54.5%, S=1 6.0%, in the recipe's header)."""
+    """Greedy on the first 40 val problems, through eval.py's decode and grading path (the full 400: S=8 54.5%,
+    S=1 6.0%, in the recipe's header)."""
     model, tok = chain_base
     items = json.loads((ROOT / "data" / "synthetic_chain_val.json").read_text())[:40]
-    prompts = [encode_prompt(tok, build_prompt(tok, it, "math")) for it in items]
     accuracy, tokens_per_forward = {}, {}
     for steps in (8, 1):
         cfg = DecodeConfig(block_size=8, steps_per_block=steps, max_new_tokens=80)
         with torch.no_grad():
-            out = generate(model, prompts, cfg, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
-                           stop_ids=(tok.eos_token_id,))
-        texts = tok.batch_decode(out.token_ids, skip_special_tokens=True)
-        accuracy[steps] = sum(grade_math(extract_answer(t, it, "math"), it["ground_truth_answer"])
-                              for t, it in zip(texts, items)) / len(items)
-        tokens_per_forward[steps] = sum(map(len, out.token_ids)) / sum(out.nfe)
+            results, stats = ro.rollout(model, tok, items, data_type="math", decode_cfg=cfg,
+                                        stop_ids=stop_token_ids(tok), progress=False)
+        accuracy[steps] = sum(c[0] for c in grade_items(results, "math")) / len(items)
+        tokens_per_forward[steps] = ro.summarize(results, stats)["tokens_per_forward"]
     assert accuracy[8] >= 0.35 and accuracy[8] - accuracy[1] >= 0.25, accuracy
     assert tokens_per_forward[1] >= 6.0 > 1.0 > tokens_per_forward[8], tokens_per_forward
