@@ -300,11 +300,18 @@ def method_of(checkpoint):
     return re.sub(r"_seed\d+$", "", checkpoint)
 
 
+def method_label(group):
+    """A summary group's method label, without the decoder ('t3d_dynamic' -> 'T3D')."""
+    method = group.removesuffix(DYNAMIC)
+    return "base" if method == "base" else METHODS[method][0]
+
+
 def summarize(rows, ood_rows, steps, block_size):
-    """{method (static points) / method_dynamic (threshold points): label, seeds, by_setting {setting: accuracy/valid mean+std over seeds, tokens per forward},
-    aup per seed (y_max = the best accuracy of every row of the comparison) and its mean/std/min/max,
+    """{method (static points) / method_dynamic (threshold points): label, seeds, by_setting {setting:
+    accuracy/valid mean+std over seeds, tokens per forward}, aup per seed (y_max = the best accuracy of every row of the comparison) and its mean/std/min/max,
     full-step (S = B) accuracy change vs the base on the split and on ood}."""
     from utils.aup import aup
+    from utils.evaluation import method_name
 
     y_max = 100 * max(r["accuracy"] for r in rows)
     groups = {}
@@ -332,8 +339,7 @@ def summarize(rows, ood_rows, steps, block_size):
             per_seed[ckpt] = aup(pts, y_max)[0] if len(pts) > 1 and y_max > 0 else None
         a_mean, a_std = pl.mean_std(list(per_seed.values()))
         scores = [v for v in per_seed.values() if v is not None]
-        method = name.removesuffix(DYNAMIC)
-        label = ("base" if method == "base" else METHODS[method][0]) + (" (dynamic τ)" if name.endswith(DYNAMIC) else "")
+        label = method_name(method_label(name), "threshold" if name.endswith(DYNAMIC) else "steps")
         out[name] = {"label": label, "seeds": len(per_seed), "by_setting": by, "y_max": y_max, "aup": per_seed,
                      "aup_mean": a_mean, "aup_std": a_std, "aup_min": min(scores, default=None),
                      "aup_max": max(scores, default=None)}
@@ -369,8 +375,7 @@ def goal_check(summary, method="t3d", tolerance=0.01):
 
 def frontier_rows(summary):
     """Seed-mean points of every method, in plot_sweep's row shape (a method's two decoders share its name)."""
-    return [{"checkpoint": summary[name.removesuffix(DYNAMIC)]["label"] if name.removesuffix(DYNAMIC) in summary
-             else s["label"], "sweep_kind": "threshold" if name.endswith(DYNAMIC) else "steps",
+    return [{"checkpoint": method_label(name), "sweep_kind": "threshold" if name.endswith(DYNAMIC) else "steps",
              "setting": setting, "tokens_per_forward": e["tokens_per_forward"], "accuracy": e["accuracy_mean"]}
             for name, s in summary.items() for setting, e in s["by_setting"].items()]
 
