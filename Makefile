@@ -12,6 +12,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install -e .
 	# Build DeepSpeed's CPU communication op once, now, rather than in two racing ranks of a first launch.
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)"
 
@@ -35,8 +36,8 @@ quickstart:
 	$(BIN)/python scripts/quickstart.py
 
 bench:
-	$(BIN)/python benchmarks/bench_decoding.py
-	$(BIN)/python benchmarks/bench_training.py
-	$(BIN)/python benchmarks/bench_data.py
-	$(BIN)/python benchmarks/bench_memory.py
-	$(BIN)/python benchmarks/bench_loss_memory.py
+	$(BIN)/python -m benchmarks.bench_decoding
+	$(BIN)/python -m benchmarks.bench_training
+	$(BIN)/python -m benchmarks.bench_data
+	$(BIN)/python -m benchmarks.bench_memory
+	$(BIN)/python -m benchmarks.bench_loss_memory

@@ -1,9 +1,9 @@
 """Data building: seconds to turn 10,000 rollout records into T3D training tensors.
 
-    python benchmarks/bench_data.py [--records 10000] [--repeats 3] [--threads 1] [--quick]
+    python -m benchmarks.bench_data [--records 10000] [--repeats 3] [--threads 1] [--quick]
 
-vectorised: the toolkit's path per micro-batch of 8: `train.data.Collate` (per-batch padding),
-            `train.noising.t3d_noise` (trace masks, random replacement) and `utils.masks.training_layout`
+vectorised: the toolkit's path per micro-batch of 8: `t3d.train.data.Collate` (per-batch padding),
+            `t3d.train.noising.t3d_noise` (trace masks, random replacement) and `t3d.model.masks.training_layout`
             (input ids, position ids, block attention mask).
 loop:       the same tensors built the straightforward way: a Python loop over rows, and inside each row
             over blocks (ranks, masks, mask rectangles), then padded and stacked.
@@ -13,16 +13,13 @@ Both use the same counter-based random numbers (`noising.uniform`), so they must
 import argparse
 import math
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import common as C  # noqa: E402
-from train import noising  # noqa: E402
-from train.data import Collate, EpochShuffle  # noqa: E402
-from utils.masks import training_layout  # noqa: E402
+from benchmarks import common as C
+from t3d.model.masks import training_layout
+from t3d.train import noising
+from t3d.train.data import Collate, EpochShuffle
 
 BLOCK = 4
 SEED, EPOCH = 10086, 0

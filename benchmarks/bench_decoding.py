@@ -1,23 +1,20 @@
 """Decoding cost: generated tokens/s and forwards per token of the three decoder variants.
 
-    python benchmarks/bench_decoding.py [--repeats 3] [--threads 1] [--quick]
+    python -m benchmarks.bench_decoding [--repeats 3] [--threads 1] [--quick]
 
 (a) cached: the toolkit's decoder (KV cache; a finished block's K/V committed inside the next
     block's first forward);
 (b) cached_save_pass: the same decoder with one extra "save" forward per block, as the reference does;
 (c) recompute: no cache, the whole sequence is re-run at every denoising step.
-All three are `utils.decoding.generate` (mode=...), static strategy, greedy, EOS ignored, so every
+All three are `t3d.decode.decoder.generate` (mode=...), static strategy, greedy, EOS ignored, so every
 sequence generates exactly `length` tokens. Model: random SDAR of the embedded default's shape.
 (c) is quadratic in length; it runs on the `--recompute-lengths` subset (default 128 and 256).
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import common as C  # noqa: E402
-from utils.decoding import DecodeConfig, generate  # noqa: E402
+from benchmarks import common as C
+from t3d.decode.decoder import DecodeConfig, generate
 
 MODES = {"a": "cached", "b": "cached_save_pass", "c": "recompute"}
 PROMPT_LENGTHS = (37, 42, 50, 61)  # prompt tails 1, 2, 2, 1 share the first generated block

@@ -1,11 +1,11 @@
 """Loss memory: peak extra memory and time of one T3D micro-step, full-vocabulary log-probs vs the chunked head.
 
-    python benchmarks/bench_loss_memory.py [--lengths 128 256 512 1024] [--repeats 3] [--memory-runs 1] [--quick]
+    python -m benchmarks.bench_loss_memory [--lengths 128 256 512 1024] [--repeats 3] [--memory-runs 1] [--quick]
 
 full:    the objective as it was: `log_softmax(logits.float())` of the whole [b, L, V] for the reference and the
          target (`full_logits_t3d_micro_step`, kept here and in the tests as the oracle).
-chunked: `train.objectives.t3d_micro_step`: LM head + log-probs a chunk of positions at a time
-         (`train.token_logprobs`, default budget: one chunk of fp32 logits <= 32 MiB).
+chunked: `t3d.train.objectives.t3d_micro_step`: LM head + log-probs a chunk of positions at a time
+         (`t3d.train.token_logprobs`, default budget: one chunk of fp32 logits <= 32 MiB).
 
 Work measured = one micro-step as the trainer runs it: reference forward (no grad), target forward, backward,
 with the gradient buffers already allocated (DDP and DeepSpeed keep them between steps). Memory: see
@@ -16,18 +16,15 @@ Model: random SDAR with SDAR's vocabulary (151,936), 2 layers, hidden 256, untie
 """
 import argparse
 import copy
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import common as C  # noqa: E402
-from train import losses, noising  # noqa: E402
-from train.data import Collate  # noqa: E402
-from train.objectives import T3DSettings, noisy_logits, t3d_micro_step  # noqa: E402
-from train.token_logprobs import chunk_positions  # noqa: E402
+from benchmarks import common as C
+from t3d.train import losses, noising
+from t3d.train.data import Collate
+from t3d.train.objectives import T3DSettings, noisy_logits, t3d_micro_step
+from t3d.train.token_logprobs import chunk_positions
 
 VARIANTS = ("full", "chunked")
 SHAPE = dict(vocab_size=151936, hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
@@ -40,7 +37,7 @@ GOAL_MEMORY, GOAL_TIME = 0.5, 1.1  # peak extra <= 0.5 x one fp32 [b, L, V]; tim
 # ---------------------------------------------------------------- the oracle: full-vocabulary objectives
 
 def full_logits_t3d_micro_step(model, ref_model, batch, epoch, s):
-    """The T3D micro-step as it was before train.token_logprobs: whole [b, L, V] logits and log-probs."""
+    """The T3D micro-step as it was before t3d.train.token_logprobs: whole [b, L, V] logits and log-probs."""
     noise = noising.t3d_noise(batch, epoch, s.seed, s.block_size, s.mask_id, s.mask_strategy, s.mask_ratios,
                               s.mask_ratio_exponent, s.random_ratio, s.vocab_ids)
     real, masked = batch["response_ids"], noise["masked"]
@@ -78,7 +75,7 @@ MICRO_STEPS = {"full": full_logits_t3d_micro_step, "chunked": t3d_micro_step}
 
 def setup(length, shape, seed=0):
     """Target, frozen reference, a batch of BATCH x (PROMPT prompt + `length` response tokens), settings."""
-    from models.sdar import SDARConfig, SDARForCausalLM
+    from t3d.model.sdar import SDARConfig, SDARForCausalLM
 
     vocab = shape["vocab_size"]
     config = SDARConfig(**shape, max_position_embeddings=4096, tie_word_embeddings=False, pad_token_id=0,

@@ -1,6 +1,6 @@
 """Decoding memory: peak memory of decoding 64 prompts to 1024 new tokens with the KV cache.
 
-    python benchmarks/bench_memory.py [--batch 64] [--length 1024] [--steps 4] [--runs 1] [--quick]
+    python -m benchmarks.bench_memory [--batch 64] [--length 1024] [--steps 4] [--runs 1] [--quick]
 
 The decode runs in a fresh subprocess (see `common.MEMORY_METHOD`): peak RSS during `generate` minus the
 RSS before it (model and prompts loaded). The cache estimate is exact arithmetic: the decoder preallocates
@@ -9,15 +9,10 @@ x bytes, T = prompt blocks + generated blocks (`cache_columns`). Model: random S
 default's shape; static strategy, greedy, EOS ignored (every row generates `length` tokens).
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-
-from benchmarks import common as C  # noqa: E402
-from utils.decoding import DecodeConfig, generate  # noqa: E402
+from benchmarks import common as C
+from t3d.decode.decoder import DecodeConfig, generate
 
 SDAR_4B = dict(layers=36, kv_heads=8, head_dim=128, bytes=2)  # bf16 cache of the SDAR-4B shape
 

@@ -1,12 +1,12 @@
 """Training-step cost: the toolkit's T3D step against a reference-style step, same model, batch, lengths.
 
-    python benchmarks/bench_training.py [--repeats 7] [--threads 1] [--profile] [--quick]
+    python -m benchmarks.bench_training [--repeats 7] [--threads 1] [--profile] [--quick]
 
-toolkit:   `train.objectives.t3d_micro_step` = one reference forward (no grad) + one target forward;
+toolkit:   `t3d.train.objectives.t3d_micro_step` = one reference forward (no grad) + one target forward;
            DDO real and fake terms and the path loss all read the one set of target logits.
 reference: what the original does per micro-batch: the reference model twice (no grad) and the target
            twice (with gradients) on identical inputs -- once for the real tokens, once for the fake ones.
-lora:      the toolkit step on a LoRA target (train.lora: PEFT adapters, rank --lora-r, alpha 2r, on every linear layer
+lora:      the toolkit step on a LoRA target (t3d.train.lora: PEFT adapters, rank --lora-r, alpha 2r, on every linear layer
            of the decoder layers); its reference is the same model with the adapters disabled (no copy).
 All then run backward, gradient clipping and an AdamW step (over the adapters only for lora). All compute the
 same loss at the start (checked; zero-initialised adapters leave the model unchanged).
@@ -19,18 +19,15 @@ spots are added when the time ratio misses the goal or with --profile.
 """
 import argparse
 import copy
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import common as C  # noqa: E402
-from train import lora, losses, noising  # noqa: E402
-from train.data import Collate  # noqa: E402
-from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
-from utils.masks import training_layout  # noqa: E402
+from benchmarks import common as C
+from t3d.model.masks import training_layout
+from t3d.train import lora, losses, noising
+from t3d.train.data import Collate
+from t3d.train.objectives import T3DSettings, t3d_micro_step
 
 GOAL = 0.55
 VARIANTS = ("toolkit", "reference", "lora")

@@ -16,13 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from t3d.common.io import atomic_write_json, atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # One intra-op thread by default: on a 2-core machine shared with other jobs, 2 OpenMP threads spin-wait
@@ -177,7 +175,7 @@ def report(name, title, info, tables, notes=(), payload=None, out_dir=RESULTS, w
 # ---------------------------------------------------------------- models
 
 def tiny_tokenizer():
-    from utils.checkpoint import DEFAULT_MODEL, load_tokenizer
+    from t3d.model.checkpoint import DEFAULT_MODEL, load_tokenizer
 
     return load_tokenizer(str(DEFAULT_MODEL))
 
@@ -185,8 +183,8 @@ def tiny_tokenizer():
 def random_sdar(tokenizer, seed=0, dtype=torch.float32, device="cpu", **overrides):
     """A random-weight SDAR of the embedded default's shape (models/build_tiny_sdar.TINY_CONFIG) with that
     tokenizer's vocabulary; `overrides` change the shape (e.g. hidden_size=512)."""
-    from models.build_tiny_sdar import TINY_CONFIG
-    from models.sdar import SDARConfig, SDARForCausalLM
+    from t3d.model.sdar import SDARConfig, SDARForCausalLM
+    from t3d.model.tiny import TINY_CONFIG
 
     shape = {**TINY_CONFIG, "max_position_embeddings": 4096, **overrides}
     config = SDARConfig(
@@ -298,7 +296,7 @@ def run_child(script, args, timeout=600):
 def trajectory_step_map(prompt_len, n, block_size, steps, g):
     """A static-strategy step map for n response tokens, as the decoder writes it: blocks aligned to
     absolute positions, each block's tokens unmasked in a random order, ceil(B/S) ... per step."""
-    from utils.decoding import unmask_schedule
+    from t3d.decode.decoder import unmask_schedule
 
     schedule = unmask_schedule(block_size, steps)
     out, step, j = [], 0, 0
@@ -323,9 +321,9 @@ def trajectory_step_map(prompt_len, n, block_size, steps, g):
 
 def synthetic_examples(n, vocab_ids, eos_id, pad_id, *, seed=0, prompt_range=(40, 200), response_median=300,
                        max_response=1024, post_num=3, block_size=4, steps=4):
-    """Rollout examples in train.data's example format (index, prompt_ids, response_ids, step_map, real_len):
+    """Rollout examples in t3d.train.data's example format (index, prompt_ids, response_ids, step_map, real_len):
     prompt lengths uniform in prompt_range, response lengths log-normal (median `response_median`,
-    clipped to [16, max_response]); half end with EOS followed by `post_num` pads, as train.data builds them."""
+    clipped to [16, max_response]); half end with EOS followed by `post_num` pads, as t3d.train.data builds them."""
     g = torch.Generator().manual_seed(seed)
     lengths = (torch.randn(n, generator=g) * 0.6).exp() * response_median
     lengths = lengths.round().long().clamp(16, max_response).tolist()

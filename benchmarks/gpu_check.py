@@ -1,9 +1,9 @@
 """GPU check: SDAR-4B-shaped random model in bf16 on one GPU (prepared for one H200, < 8 minutes).
 
-    python benchmarks/gpu_check.py              # needs CUDA (a CUDA build of torch 2.13 + requirements.txt)
-    python benchmarks/gpu_check.py --dry-run    # tiny shape on CPU in seconds: exercises every code path
+    python -m benchmarks.gpu_check              # needs CUDA (a CUDA build of torch 2.13 + requirements.txt)
+    python -m benchmarks.gpu_check --dry-run    # tiny shape on CPU in seconds: exercises every code path
 
-1. Rollout throughput: `utils.decoding.generate` (cached, folded commits), B=4, S=4, batch 128, 2000 new
+1. Rollout throughput: `t3d.decode.decoder.generate` (cached, folded commits), B=4, S=4, batch 128, 2000 new
    tokens, static strategy, temperature 0.1 (the shipped rollout config), EOS ignored; shown beside the
    published JetEngine figures for SDAR-4B on H200 (3,700-5,000 tokens/s). A 128-token warm-up decode
    projects the full run's time; if it would not fit `--decode-budget` seconds, the length is cut to fit
@@ -18,18 +18,15 @@ import argparse
 import copy
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import common as C  # noqa: E402
-from benchmarks.bench_training import reference_style_micro_step  # noqa: E402
-from models.sdar import SDARConfig, SDARForCausalLM  # noqa: E402
-from train.data import Collate  # noqa: E402
-from train.objectives import T3DSettings, t3d_micro_step  # noqa: E402
-from utils.decoding import DecodeConfig, generate  # noqa: E402
+from benchmarks import common as C
+from benchmarks.bench_training import reference_style_micro_step
+from t3d.decode.decoder import DecodeConfig, generate
+from t3d.model.sdar import SDARConfig, SDARForCausalLM
+from t3d.train.data import Collate
+from t3d.train.objectives import T3DSettings, t3d_micro_step
 
 SDAR_4B = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
                num_key_value_heads=8, head_dim=128, vocab_size=151936, rope_theta=1e6, max_position_embeddings=32768,

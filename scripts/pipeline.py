@@ -18,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PY = sys.executable
 ENV = {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
@@ -158,10 +156,10 @@ def rollout_command(checkpoint, dataset, output_dir, project="sdar_sample", *, b
 
 
 def rollout_output(checkpoint, dataset, output_dir, project="sdar_sample"):
-    """Where sdar_sample.py writes (utils.rollout.output_path, the original's file name)."""
+    """Where sdar_sample.py writes (t3d.decode.rollout.output_path, the original's file name)."""
     from omegaconf import OmegaConf
 
-    from utils.rollout import output_path
+    from t3d.decode.rollout import output_path
 
     cfg = OmegaConf.create({"experiment": {"output_dir": str(Path(output_dir).resolve()), "project": project},
                             "evaluation": {"checkpoint_path": str(checkpoint), "eval_dataset": str(dataset),
@@ -201,7 +199,7 @@ def sweep_rows(output_dir, project, dataset):
 
 def subset(src, dest, start, stop):
     """Write items[start:stop] of a dataset file (JSON list) to dest; returns dest."""
-    from utils.io import atomic_write_json, read_records
+    from t3d.common.io import atomic_write_json, read_records
 
     items = read_records(src)[start:stop]
     atomic_write_json(Path(dest), items)

@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pipeline as pl  # noqa: E402
+import pipeline as pl
 
 DEFAULT_MODEL = pl.ROOT / "models" / "sdar-tiny"
 

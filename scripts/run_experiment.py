@@ -24,9 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pipeline as pl  # noqa: E402
+import pipeline as pl
 
 ROOT = pl.ROOT
 STAGES = ("base", "data", "rollout", "train", "eval", "report")
@@ -123,8 +121,8 @@ class Experiment:
 
     # ------------------------------------------------------------------------------------------- report
     def stage_report(self):
-        from utils.evaluation import aup_rows, plot_sweep
-        from utils.io import atomic_write_json, atomic_write_text, read_records
+        from t3d.common.io import atomic_write_json, atomic_write_text, read_records
+        from t3d.eval.evaluate import aup_rows, plot_sweep
 
         dataset = self.eval_dataset()
         rows, sweep = pl.sweep_rows(self.out, f"eval_{self.args.split}", dataset)

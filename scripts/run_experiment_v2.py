@@ -30,9 +30,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pipeline as pl  # noqa: E402
+import pipeline as pl
 
 ROOT = pl.ROOT
 STAGES = ("data", "rollout", "train", "tune", "eval", "report")
@@ -154,7 +152,7 @@ class Experiment:
 
     def stage_tune(self):
         """Pick the dynamic thresholds on val: those whose points AUP keeps, the most parallel first."""
-        from utils.aup import aup
+        from t3d.eval.aup import aup
 
         name, cmd = self.eval_job("tune_val_dynamic", {"base": self.base}, "val", thresholds=self.candidates())
         self.run(name, cmd)
@@ -165,7 +163,7 @@ class Experiment:
         chosen = sorted(kept[-MAX_THRESHOLDS:], reverse=True)
         y_max = max(y for _, y, _ in pts)
         score = aup([(x, y) for x, y, tau in pts if tau in chosen], y_max)[0] if y_max > 0 else None
-        from utils.io import atomic_write_json
+        from t3d.common.io import atomic_write_json
 
         atomic_write_json(self.out / "thresholds.json", {"candidates": self.candidates(), "chosen": chosen,
                                                          "val_points": pts, "val_aup": score})
@@ -202,7 +200,7 @@ class Experiment:
     # ------------------------------------------------------------------------------------------- report
     def rows(self, split):
         """Every eval row of a split from this run's eval commands, with the valid-phrasing share."""
-        from utils.io import read_records
+        from t3d.common.io import read_records
 
         items = read_records(self.split_file[split])
         rows = []
@@ -215,8 +213,8 @@ class Experiment:
         return rows, len(items) if not self.args.eval_items else min(self.args.eval_items, len(items))
 
     def stage_report(self):
-        from utils.evaluation import plot_sweep
-        from utils.io import atomic_write_json, atomic_write_text
+        from t3d.common.io import atomic_write_json, atomic_write_text
+        from t3d.eval.evaluate import plot_sweep
 
         split = self.args.split
         rows, n_items = self.rows(split)
@@ -277,7 +275,7 @@ class Experiment:
         path = self.out / "stage_seconds.json"
         seconds = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         if record:
-            from utils.io import atomic_write_json
+            from t3d.common.io import atomic_write_json
 
             seconds.update(record)
             atomic_write_json(path, seconds)
@@ -310,8 +308,8 @@ def summarize(rows, ood_rows, steps, block_size):
     """{method (static points) / method_dynamic (threshold points): label, seeds, by_setting {setting:
     accuracy/valid mean+std over seeds, tokens per forward}, aup per seed (y_max = the best accuracy of every row of the comparison) and its mean/std/min/max,
     full-step (S = B) accuracy change vs the base on the split and on ood}."""
-    from utils.aup import aup
-    from utils.evaluation import method_name
+    from t3d.eval.aup import aup
+    from t3d.eval.evaluate import method_name
 
     y_max = 100 * max(r["accuracy"] for r in rows)
     groups = {}

@@ -13,7 +13,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random SDAR checkpoint directory (2 layers), built once per session."""
-    from models.build_tiny_sdar import build
+    from t3d.model.tiny import build
 
     out = tmp_path_factory.mktemp("tiny-sdar")
     build(out, seed=0, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -23,7 +23,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
-    from utils.checkpoint import load
+    from t3d.model.checkpoint import load
 
     model, tokenizer, _ = load(str(tiny_dir))
     return model, tokenizer

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from utils.aup import aup, quality_weight
+from t3d.eval.aup import aup, quality_weight
 
 
 def test_weight_is_one_at_best_and_decays_exponentially():

@@ -1,5 +1,5 @@
 """Bad input to sdar_sample.py and eval.py: exit 2, exactly one line on stderr naming the key, file or record,
-no traceback, and nothing written. The CLIs run in-process through utils.cli.run_main (the entry scripts'
+no traceback, and nothing written. The CLIs run in-process through t3d.common.cli.run_main (the entry scripts'
 whole code path after import; a subprocess costs ~4 s of imports per case), two through a real subprocess."""
 import errno
 import hashlib
@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from utils.checkpoint import REPO_ROOT
-from utils.cli import run_main
-from utils.config import help_text, load_config
-from utils.evaluation import run_eval_job
-from utils.rollout import run_rollout_job
+from t3d.common.paths import CHECKOUT as REPO_ROOT
+from t3d.common.cli import run_main
+from t3d.common.config import help_text, load_config
+from t3d.eval.evaluate import run_eval_job
+from t3d.decode.rollout import run_rollout_job
 
 SCRIPTS = {
     "sdar_sample.py": (run_rollout_job, REPO_ROOT / "configs" / "sdar_sample.yaml"),
@@ -189,7 +189,7 @@ def test_read_only_output_dir(env, read_only_dir, monkeypatch, capsys, script):
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_full_disk_is_one_line_and_leaves_no_half_file(env, monkeypatch, capsys, script):
     """ENOSPC on the final write (simulated in-process: a tmpfs small enough would need root)."""
-    import utils.io
+    import t3d.common.io
 
     tmp, ckpt, data = env
     real_fdopen = os.fdopen
@@ -208,7 +208,7 @@ def test_full_disk_is_one_line_and_leaves_no_half_file(env, monkeypatch, capsys,
             self.f.write(text[:10])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a real full disk: no file name
 
-    monkeypatch.setattr(utils.io.os, "fdopen", lambda fd, *a, **kw: FullDisk(real_fdopen(fd, *a, **kw)))
+    monkeypatch.setattr(t3d.common.io.os, "fdopen", lambda fd, *a, **kw: FullDisk(real_fdopen(fd, *a, **kw)))
     monkeypatch.setenv("TQDM_DISABLE", "1")
     argv = [f"config={SCRIPTS[script][1]}", f"evaluation.checkpoint_path={ckpt}", f"evaluation.eval_dataset={data}",
             f"experiment.output_dir={tmp}/out", "rollout.max_token=8"]
@@ -224,7 +224,7 @@ def test_full_disk_is_one_line_and_leaves_no_half_file(env, monkeypatch, capsys,
 
 
 def test_append_text_cuts_a_failed_write_back(tmp_path, monkeypatch):
-    from utils.io import append_text
+    from t3d.common.io import append_text
 
     path = tmp_path / "p.jsonl"
     append_text(path, '{"a": 1}\n')
@@ -291,7 +291,7 @@ def test_merge_shards_refuses_shards_of_other_settings_and_unwritable_output(tmp
                                      "remasking_strategy": "low_confidence_static"}]))
         return str(path)
 
-    script = str(REPO_ROOT / "sample" / "merge_shards.py")
+    script = str(REPO_ROOT / "utils" / "merge_shards.py")
     (tmp_path / "afile").write_text("x")
     for shards, output, message in [
         ([shard("outputs-0-eval-m-d.json", 4), shard("outputs-1-eval-m-d.json", 1)], tmp_path / "m.json",

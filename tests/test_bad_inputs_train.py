@@ -1,7 +1,7 @@
 """Bad input to data/rename_key.py and train/self_ddo_sdar_full.py: a non-zero exit, exactly one line on
 stderr naming the key, file or record, no traceback, and no output file created or changed.
 
-The trainer runs in-process through train.runtime.run_main (the path `python train/...` takes), which
+The trainer runs in-process through t3d.common.cli.run_main (the path `python train/...` takes), which
 keeps this file fast; one small real run (module fixture) provides the resume states."""
 import hashlib
 import importlib.util
@@ -19,14 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = "ddo_sdar_full_self"
 
 
-def _load_rename_key():
-    spec = importlib.util.spec_from_file_location("data_rename_key", REPO / "data" / "rename_key.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rename_key = _load_rename_key()
+from t3d.train import records as rename_key  # noqa: E402  (data/rename_key.py's code)
 
 
 def snapshot(*dirs):
@@ -60,18 +53,16 @@ def isolated(monkeypatch):
 
 
 def exit_code(main, argv):
-    """run_main(main, argv) in-process; returns the exit code (0 when main returns)."""
-    from train.runtime import run_main
-
+    """A trainer's main(argv) in-process; returns the exit code (0 when main returns)."""
     try:
-        run_main(main, argv)
+        main(argv)
     except SystemExit as stop:
         return stop.code
     return 0
 
 
 def train(argv):
-    from train.self_ddo_sdar_full import main
+    from t3d.train.self_ddo import main
 
     return exit_code(main, argv)
 

@@ -8,10 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import models  # noqa: F401  (registers SDAR with the Auto classes)
-from utils import rollout as ro
-from utils.checkpoint import load_tokenizer, stop_token_ids
-from utils.decoding import DecodeConfig
-from utils.grading import grade_items
+from t3d.decode import rollout as ro
+from t3d.model.checkpoint import load_tokenizer, stop_token_ids
+from t3d.decode.decoder import DecodeConfig
+from t3d.eval.grading import grade_items
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ROOT / "models" / "sdar-chain"

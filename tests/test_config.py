@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from utils.config import ConfigError, flatten, help_text, load_config, save_config
+from t3d.common.config import ConfigError, flatten, help_text, load_config, save_config
 
 YAML = """
 optimizer:

@@ -16,16 +16,10 @@ DATA = REPO / "data"
 CONFIGS = REPO / "accelerate_configs"
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"data_{name}", DATA / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rename_key = load_script("rename_key")
-download_data = load_script("download_data")
-synthetic_math = load_script("synthetic_math")
+# the code behind data/rename_key.py, data/download_data.py and data/synthetic_math.py
+from t3d.tasks import download as download_data  # noqa: E402
+from t3d.tasks import synthetic_math  # noqa: E402
+from t3d.train import records as rename_key  # noqa: E402
 
 
 # ---------------------------------------------------------------- rename_key
@@ -244,7 +238,7 @@ def fake_hub(tmp_path, monkeypatch):
     """datasets.load_dataset of a hub id served from a local JSON file; returns the file to fill and the calls."""
     import datasets
 
-    from utils import datasets_io
+    from t3d.tasks import loading
 
     served, calls, real = tmp_path / "served.json", [], datasets.load_dataset
 
@@ -253,7 +247,7 @@ def fake_hub(tmp_path, monkeypatch):
         return real("json", data_files=str(served), split=kwargs.get("split"), cache_dir=str(tmp_path / "cache"))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: True)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: True)
     return served, calls
 
 

@@ -1,4 +1,4 @@
-"""utils/datasets_io: every dataset format through one loader (same items as the JSON file), the column mapping
+"""t3d.tasks.loading: every dataset format through one loader (same items as the JSON file), the column mapping
 and GSM8K answers, one-line errors; eval.py, sdar_sample.py and SFT training on a Parquet file equal the JSON run."""
 import csv
 import json
@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from train.data import load_examples, resolve_data_path
-from utils.checkpoint import REPO_ROOT
-from utils.cli import run_main
-from utils.config import load_config
-from utils.datasets_io import gsm8k_answer, load_records
-from utils.evaluation import run_eval_job
-from utils.io import DataError, read_records
-from utils.rollout import run_rollout_job
+from t3d.train.data import load_examples, resolve_data_path
+from t3d.common.paths import CHECKOUT as REPO_ROOT
+from t3d.common.cli import run_main
+from t3d.common.config import load_config
+from t3d.tasks.loading import gsm8k_answer, load_records
+from t3d.eval.evaluate import run_eval_job
+from t3d.common.io import DataError, read_records
+from t3d.decode.rollout import run_rollout_job
 
 SMOKE = REPO_ROOT / "data" / "synthetic_math_smoke.json"
 TEXT_KEYS = ("id", "question", "ground_truth_answer", "solution")  # what a CSV can hold
@@ -120,9 +120,9 @@ HUB_HINT = "save it with data/download_data.py on a machine with network, or pas
 def test_hub_split_selection_through_load_dataset(tmp_path, monkeypatch):
     """`hub:` hands the id to datasets.load_dataset, which also takes a local folder of split files: the split
     logic without network."""
-    from utils import datasets_io
+    from t3d.tasks import loading
 
-    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: True)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     folder = tmp_path / "repo"
     folder.mkdir()
@@ -141,10 +141,10 @@ def test_hub_split_selection_through_load_dataset(tmp_path, monkeypatch):
 
 
 def test_unreachable_hub_fails_at_once_with_one_line(monkeypatch):
-    from utils import datasets_io
+    from t3d.tasks import loading
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
     with pytest.raises(DataError) as err:
         load_records("hub:openai/gsm8k", subset="main", split="test")
     assert str(err.value) == ("could not fetch the hub dataset hub:openai/gsm8k (subset main, split test): the hub is "
@@ -152,7 +152,7 @@ def test_unreachable_hub_fails_at_once_with_one_line(monkeypatch):
 
 
 def test_training_reads_every_format_and_hub_data_through_a_snapshot(tmp_path, tiny, monkeypatch, capsys):
-    from utils import datasets_io
+    from t3d.tasks import loading
 
     _, tokenizer = tiny
     items = [{"question": f"Compute {a}+1.", "solution": f"{a}+1={a + 1}. \\boxed{{{a + 1}}}"} for a in range(3)]
@@ -169,7 +169,7 @@ def test_training_reads_every_format_and_hub_data_through_a_snapshot(tmp_path, t
                                         r"\(columns: problem, target\)$"):
         load_examples(renamed, tokenizer, **limits, dataset_cfg={"columns": {"solution": "answer"}})
     # a hub dataset (here load_dataset's local folder form) becomes one content-named JSONL file in the cache
-    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: True)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     folder = tmp_path / "repo"
     folder.mkdir()
@@ -297,7 +297,7 @@ def test_lm_eval_task_loads_a_mapped_parquet_like_eval(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "t3d_tasks", REPO_ROOT / "integrations" / "lm_eval_tasks" / "t3d_tasks.py")
+        "t3d_tasks", REPO_ROOT / "t3d" / "integrations" / "lm_eval_tasks" / "t3d_tasks.py")
     t3d_tasks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(t3d_tasks)
     items = read_records(SMOKE)[:3]

@@ -3,9 +3,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from models.sdar import SDARConfig
-from utils.decoding import DecodeConfig, generate, hash_uniform, sample_tokens, sequence_seeds, unmask_schedule
-from utils.prompting import build_prompt, encode_prompt
+from t3d.model.sdar import SDARConfig
+from t3d.decode.decoder import DecodeConfig, generate, hash_uniform, sample_tokens, sequence_seeds, unmask_schedule
+from t3d.tasks.prompting import build_prompt, encode_prompt
 
 MASK, PAD, V = 3, 0, 32
 

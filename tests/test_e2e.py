@@ -30,8 +30,8 @@ def test_rollout_file_schema(run):
     items = json.loads(files[0].read_text())
     questions = json.loads((out / "data" / "quickstart_train.json").read_text())
     assert [it["question"] for it in items] == [q["question"] for q in questions]
-    from utils.checkpoint import load_tokenizer
-    from utils.prompting import encode_prompt
+    from t3d.model.checkpoint import load_tokenizer
+    from t3d.tasks.prompting import encode_prompt
 
     tokenizer = load_tokenizer(str(ROOT / "models" / "sdar-tiny"))
     for it in items:
@@ -67,7 +67,7 @@ def test_renamed_records(run):
 def test_t3d_checkpoint_loads_and_runs(run):
     import torch
 
-    from utils.checkpoint import load
+    from t3d.model.checkpoint import load
 
     out, _ = run
     ckpt = out / "t3d" / "ckpt" / "optimized"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-import utils.evaluation as evaluation
-import utils.rollout as rollout_mod
-from utils.checkpoint import REPO_ROOT
-from utils.config import ConfigError, load_config
-from utils.decoding import DecodeOutput
-from utils.io import DataError
-from utils.evaluation import aup_rows, checkpoint_list, run_eval_job, sweep_settings
+import t3d.eval.evaluate as evaluation
+import t3d.decode.rollout as rollout_mod
+from t3d.common.paths import CHECKOUT as REPO_ROOT
+from t3d.common.config import ConfigError, load_config
+from t3d.decode.decoder import DecodeOutput
+from t3d.common.io import DataError
+from t3d.eval.evaluate import aup_rows, checkpoint_list, run_eval_job, sweep_settings
 
 MATH = [{"id": f"q{a}", "question": f"What is {a}+{a}?", "ground_truth_answer": str(2 * a)} for a in (1, 2, 3)]
 
@@ -288,7 +288,7 @@ def test_evaluations_of_other_settings_into_one_output_dir_keep_their_results(tm
 def test_eval_resume_refuses_other_weights_at_the_same_path(tmp_path, tiny_dir, monkeypatch, capsys):
     import shutil
 
-    from models.build_tiny_sdar import build
+    from t3d.model.tiny import build
 
     ckpt, other = tmp_path / "ckpt", tmp_path / "other"
     shutil.copytree(tiny_dir, ckpt)
@@ -326,7 +326,7 @@ def test_plot_with_many_methods_moves_the_legend_beside_the_axes(tmp_path):
     """More than four checkpoints: a wider figure (legend outside the axes); four or fewer: the compact one."""
     import struct
 
-    from utils.evaluation import plot_sweep
+    from t3d.eval.evaluate import plot_sweep
 
     def width(n):
         rows = [{"checkpoint": f"m{i}", "sweep_kind": kind, "setting": setting, "tokens_per_forward": x,

@@ -104,7 +104,7 @@ def test_naive_baseline_has_the_t3d_budget():
         assert OmegaConf.select(naive, key) == OmegaConf.select(t3d, key), key
     assert naive.dataset.source == "rollouts" and naive.model.init_from_scratch is False
     # and it is a valid sft_sdar.py config: the same keys as the SFT recipe
-    from utils.config import _flat_keys
+    from t3d.common.config import _flat_keys
 
     keys = lambda cfg: set(_flat_keys(OmegaConf.to_container(cfg, resolve=False)))  # noqa: E731
     assert keys(naive) == keys(sft)

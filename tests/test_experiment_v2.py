@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import run_experiment_v2 as v2  # noqa: E402
-from utils.aup import aup  # noqa: E402
+from t3d.eval.aup import aup  # noqa: E402
 
 
 def row(checkpoint, S, accuracy, tpf, kind="steps"):
@@ -115,7 +115,7 @@ def test_methods_share_the_budget_and_differ_in_one_key():
     T3D with exactly one key changed."""
     from omegaconf import OmegaConf
 
-    from utils.config import _flat_keys
+    from t3d.common.config import _flat_keys
 
     t3d = OmegaConf.load(ROOT / "configs" / "t3d_chain.yaml")
     naive = OmegaConf.load(ROOT / "configs" / "experiments" / "naive_sd_chain.yaml")

@@ -4,19 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from utils.grading import (
-    NO_ANSWER,
-    NO_CODE,
-    extract_answer,
-    grade_items,
-    grade_math,
-    grade_option,
-    last_boxed,
-    last_code_block,
-    pass_at_k,
-    run_code_items,
-)
-from utils.io import DataError
+from t3d.eval.grading import grade_items, grade_math, grade_option, pass_at_k, run_code_items
+from t3d.tasks.answers import NO_ANSWER, NO_CODE, extract_answer, last_boxed, last_code_block
+from t3d.common.io import DataError
 
 
 # ------------------------------------------------------------------------------------------------ extraction

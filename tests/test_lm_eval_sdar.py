@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness model `sdar_bd` (integrations/lm_eval_sdar.py): same prompts, outputs, accuracy and
+"""The lm-evaluation-harness model `sdar_bd` (t3d.integrations.lm_eval): same prompts, outputs, accuracy and
 decoding cost as eval.py on the shipped smoke items; stop strings, max_gen_toks, seeds and refusals."""
 import json
 import re
@@ -11,14 +11,14 @@ from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
-from integrations.lm_eval_sdar import MODEL_ARGS, SDARBlockDiffusionLM, main
-from utils.checkpoint import REPO_ROOT
-from utils.config import ConfigError, load_config
-from utils.evaluation import run_eval_job
-from utils.io import DataError
+from t3d.integrations.lm_eval import MODEL_ARGS, SDARBlockDiffusionLM, main
+from t3d.common.paths import CHECKOUT as REPO_ROOT
+from t3d.common.config import ConfigError, load_config
+from t3d.eval.evaluate import run_eval_job
+from t3d.common.io import DataError
 
 TASK = "t3d_synthetic_math_smoke"
-TASKS_DIR = REPO_ROOT / "integrations" / "lm_eval_tasks"
+TASKS_DIR = REPO_ROOT / "t3d" / "integrations" / "lm_eval_tasks"
 SMOKE = REPO_ROOT / "data" / "synthetic_math_smoke.json"
 TINY = "models/sdar-tiny"
 QUESTION = "Compute 90+41.\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -146,7 +146,7 @@ def test_refusals_are_clear(lm, caplog):
 
 
 def launch(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "integrations.lm_eval_sdar", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "t3d.integrations.lm_eval", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)})
 
 

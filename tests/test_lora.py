@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 from tests.test_bad_inputs_train import exit_code, isolated  # noqa: F401  (isolated: a fixture)
 from tests.test_losses import _tiny_batch
 from tests.test_train_run import ENV, REPO, RUN, launch, metrics, records_file, t3d_args
-from train import lora
-from train.objectives import T3DSettings, t3d_micro_step
-from utils.checkpoint import CheckpointError, check_checkpoint, content_fingerprint, load_model
-from utils.config import ConfigError, load_config
+from t3d.train import lora
+from t3d.train.objectives import T3DSettings, t3d_micro_step
+from t3d.model.checkpoint import CheckpointError, check_checkpoint, content_fingerprint, load_model
+from t3d.common.config import ConfigError, load_config
 
 LORA = ["model.lora.r=4", "model.lora.alpha=8.0"]
 
@@ -154,7 +154,7 @@ def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
 
 
 def test_lm_eval_model_loads_an_adapter_directory(tiny_dir, tmp_path):
-    from integrations.lm_eval_sdar import SDARBlockDiffusionLM
+    from t3d.integrations.lm_eval import SDARBlockDiffusionLM
 
     torch.manual_seed(0)
     model = lora.add_adapters(load_model(str(tiny_dir)), lora_cfg(), str(tiny_dir))
@@ -174,7 +174,7 @@ def test_lm_eval_model_loads_an_adapter_directory(tiny_dir, tmp_path):
 def test_resume_fingerprint_has_lora_only_when_on(tmp_path):
     from omegaconf import OmegaConf
 
-    from train import checkpoints as ck
+    from t3d.train import checkpoints as ck
 
     data, model = tmp_path / "d.json", tmp_path / "m"
     data.write_text("[]")
@@ -215,14 +215,14 @@ def test_adapter_records_its_base_and_adapters_chain(tiny_dir, tmp_path):
 
 
 def sft(argv):
-    from train.sft_sdar import main
+    from t3d.train.sft import main
 
     return exit_code(main, argv)
 
 
 def test_lora_sft_in_process_saves_an_adapter_and_its_rank_is_in_the_resume_fingerprint(tiny_dir, tmp_path, capsys,
                                                                                        isolated):
-    from utils.checkpoint import load
+    from t3d.model.checkpoint import load
 
     assert sft(["config=configs/sft_tiny.yaml", f"experiment.output_dir={tmp_path}", "model.lora.r=4"]) == 2
     assert capsys.readouterr().err.strip().endswith(
@@ -261,7 +261,7 @@ def adapter(out, name="optimized"):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """One uninterrupted LoRA T3D run, 1 process: 16 records, micro-batch 2 x accumulation 2, 2 rounds of 4 steps."""
-    from utils.checkpoint import load_tokenizer
+    from t3d.model.checkpoint import load_tokenizer
 
     tmp = tmp_path_factory.mktemp("lora")
     data = records_file(load_tokenizer(str(REPO / "models" / "sdar-tiny")), tmp, 16)

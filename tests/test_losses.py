@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train import losses
-from train.objectives import T3DSettings, noisy_logits, t3d_micro_step
+from t3d.train import losses
+from t3d.train.objectives import T3DSettings, noisy_logits, t3d_micro_step
 
 
 def _logsig(x):

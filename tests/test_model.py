@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import models  # noqa: F401  (Auto registration)
-from models.sdar import SDARBlockCache, SDARConfig, SDARForCausalLM, sdar_attention
-from utils.masks import block_attention_mask, pad_sequences, training_layout
+from t3d.model.sdar import SDARBlockCache, SDARConfig, SDARForCausalLM, sdar_attention
+from t3d.model.masks import block_attention_mask, pad_sequences, training_layout
 
 SMALL = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
@@ -200,7 +200,7 @@ def test_flex_attention_matches_sdpa_forward():
 
 
 def test_fast_mask_equals_the_rule_written_out():
-    from utils.masks import _block_attention_mask_reference
+    from t3d.model.masks import _block_attention_mask_reference
 
     g = torch.Generator().manual_seed(0)
     for Q, K in ((12, 12), (4, 20), (8, 24)):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from train import noising as nz
+from t3d.train import noising as nz
 
 M64 = (1 << 64) - 1
 

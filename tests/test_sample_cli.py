@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from utils.checkpoint import REPO_ROOT
-from utils.config import ConfigError, load_config
-from utils.io import DataError
-from utils.rollout import run_rollout_job
+from t3d.common.paths import CHECKOUT as REPO_ROOT
+from t3d.common.config import ConfigError, load_config
+from t3d.common.io import DataError
+from t3d.decode.rollout import run_rollout_job
 
 QUESTIONS = [{"question": f"What is {a}+{b}?", "ground_truth_answer": str(a + b)}
              for a, b in [(1, 2), (30, 4), (12, 13), (5, 5), (7, 8)]]
@@ -52,7 +52,7 @@ def test_sharded_runs_merged_equal_one_run_and_same_seed_same_output(tmp_path, t
                                           f"evaluation.node_index={i}")) for i in (1, 0)]
     assert shards[1].name.startswith("outputs-0-eval-")
     merged = tmp_path / "merged.json"
-    subprocess.run([sys.executable, str(REPO_ROOT / "sample/merge_shards.py"), "--output", str(merged),
+    subprocess.run([sys.executable, str(REPO_ROOT / "utils/merge_shards.py"), "--output", str(merged),
                     *map(str, shards)], check=True, capture_output=True)
     assert json.loads(merged.read_text()) == whole
     other_seed = json.loads(run_rollout_job(rollout_cfg(tmp_path / "seed", tiny_dir, data, "rollout.seed=1")).read_text())
@@ -60,7 +60,7 @@ def test_sharded_runs_merged_equal_one_run_and_same_seed_same_output(tmp_path, t
 
 
 def test_resume_skips_finished_sequences(tmp_path, tiny_dir, monkeypatch):
-    import utils.rollout as rollout_mod
+    import t3d.decode.rollout as rollout_mod
 
     data = write(tmp_path / "toy.json", QUESTIONS)
     expected = json.loads(run_rollout_job(rollout_cfg(tmp_path / "ref", tiny_dir, data)).read_text())
@@ -88,7 +88,7 @@ def test_resume_skips_finished_sequences(tmp_path, tiny_dir, monkeypatch):
 @pytest.fixture(scope="module")
 def other_weights(tmp_path_factory):
     """model.safetensors of a tiny SDAR with the session fixture's shapes but other weights (seed 1)."""
-    from models.build_tiny_sdar import build
+    from t3d.model.tiny import build
 
     out = tmp_path_factory.mktemp("tiny-sdar-seed1")
     build(out, seed=1, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -100,7 +100,7 @@ def test_resume_refuses_other_weights_data_or_settings_and_restart_starts_fresh(
                                                                                monkeypatch):
     import shutil
 
-    import utils.rollout as rollout_mod
+    import t3d.decode.rollout as rollout_mod
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_dir, ckpt)

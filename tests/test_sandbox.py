@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import sandbox
-from utils.sandbox import FunctionJob, StdioJob, run_function_tests, run_many, run_stdio_tests
+from t3d.eval import sandbox
+from t3d.eval.sandbox import FunctionJob, StdioJob, run_function_tests, run_many, run_stdio_tests
 
 ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]
@@ -453,7 +453,7 @@ def test_fallback_without_namespaces_still_grades_and_is_loud(monkeypatch, caplo
         "        os._exit(SETUP_FAILED)\n")
     assert broken != sandbox._CHILD
     monkeypatch.setattr(sandbox, "_CHILD", broken)
-    with caplog.at_level("WARNING", logger="utils.sandbox"):
+    with caplog.at_level("WARNING", logger="t3d.eval.sandbox"):
         assert sandbox.isolation.__wrapped__() == sandbox.RLIMITS_ONLY
     assert "rlimits only" in caplog.text and "no user namespaces" in caplog.text
     monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.RLIMITS_ONLY)

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from utils import sandbox
-from utils.checkpoint import REPO_ROOT
+from t3d.eval import sandbox
+from t3d.common.paths import CHECKOUT as REPO_ROOT
 
 pytestmark = pytest.mark.skipif(sandbox.isolation() != sandbox.NAMESPACES,
                                 reason="Linux namespaces unavailable: rlimits-only sandbox")
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.skipif(sandbox.isolation() != sandbox.NAMESPACES,
 DRIVER = """
 import json, os, runpy, sys
 sys.path.insert(0, {repo!r})
-import utils.rollout as rollout_mod
-from utils.checkpoint import load_tokenizer
-from utils.decoding import DecodeOutput
+import t3d.decode.rollout as rollout_mod
+from t3d.model.checkpoint import load_tokenizer
+from t3d.decode.decoder import DecodeOutput
 
 answers = json.loads(open({answers!r}).read())
 tokenizer = load_tokenizer({checkpoint!r})

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import models  # noqa: F401  (Auto registration)
-from models.sdar import SDARBlockCache, SDARConfig, SDARForCausalLM
+from t3d.model.sdar import SDARBlockCache, SDARConfig, SDARForCausalLM
 
 SMALL = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
@@ -196,7 +196,7 @@ def write_checkpoint(path, config):
 
 
 def load(path):
-    from utils.checkpoint import load_model
+    from t3d.model.checkpoint import load_model
 
     return load_model(str(path))  # fp32, as the toolkit loads
 

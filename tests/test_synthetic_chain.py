@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("data_synthetic_chain", ROOT / "data" / "synthetic_chain.py")
-chain = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(chain)
+from t3d.tasks import synthetic_chain as chain  # noqa: E402
 
 
 def test_solutions_of_one_problem_by_hand():

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from benchmarks.bench_loss_memory import full_logits_sft_loss, full_logits_t3d_micro_step  # the oracle
-from models.sdar import SDARConfig, SDARForCausalLM
-from train import losses
-from train import token_logprobs as tlp
-from train.objectives import T3DSettings, sft_micro_step, t3d_micro_step
+from t3d.model.sdar import SDARConfig, SDARForCausalLM
+from t3d.train import losses
+from t3d.train import token_logprobs as tlp
+from t3d.train.objectives import T3DSettings, sft_micro_step, t3d_micro_step
 
 
 # ------------------------------------------------------------------ helpers

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from train.data import Collate, EpochShuffle, load_examples, resolve_data_path
-from utils.io import DataError
-from utils.prompting import build_prompt, encode_prompt
+from t3d.train.data import Collate, EpochShuffle, load_examples, resolve_data_path
+from t3d.common.io import DataError
+from t3d.tasks.prompting import build_prompt, encode_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,7 +197,7 @@ def _cli(*args, cwd=REPO):
 
 
 def test_cli_reports_bad_input_in_one_line(tiny_dir, tmp_path):
-    from utils.checkpoint import load_tokenizer
+    from t3d.model.checkpoint import load_tokenizer
 
     recs = fabricate_records(load_tokenizer(str(tiny_dir)), 3)
     recs[2]["step_map"] = recs[2]["step_map"][:-1]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from train.optim import learning_rate, lr_scale, make_optimizer, make_scheduler
-from utils.config import ConfigError
+from t3d.train.optim import learning_rate, lr_scale, make_optimizer, make_scheduler
+from t3d.common.config import ConfigError
 
 
 def test_lr_scale_warmup_then_cosine_to_min():

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from tests.test_bad_inputs_train import (  # noqa: F401  (fixtures)
     RUN, finished_run, isolated, records, run_copy, snapshot, t3d_argv, train,
 )
-from train import checkpoints as ck
-from utils.config import load_config
+from t3d.train import checkpoints as ck
+from t3d.common.config import load_config
 
 
 def final_weights(out):
@@ -32,7 +32,7 @@ def test_damaged_newest_state_falls_back_and_ends_identical(run_copy, finished_r
     assert ck.state_problem(state / "step-2") is None  # rewritten by the resumed run
     reference, resumed = final_weights(finished_run / "exp"), final_weights(out)
     assert all((reference[k] == resumed[k]).all() for k in reference)
-    from utils.checkpoint import load
+    from t3d.model.checkpoint import load
 
     model, _, _ = load(str(out / RUN / "ckpt" / "optimized"))  # saved without lm_head: tied again on load
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -85,7 +85,7 @@ def max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from utils.checkpoint import load_tokenizer
+    from t3d.model.checkpoint import load_tokenizer
 
     return load_tokenizer(str(REPO / "models" / "sdar-tiny"))
 
@@ -98,7 +98,7 @@ def records_file(tokenizer, tmp_path, n):
 
 @pytest.mark.slow
 def test_seed_launch_trains_the_embedded_default(tokenizer, tmp_path):
-    from utils.checkpoint import load
+    from t3d.model.checkpoint import load
 
     data, out = records_file(tokenizer, tmp_path, 40), tmp_path / "exp"  # 5 micro-batches: a short last window
     start = time.time()
@@ -193,7 +193,7 @@ def test_kill_and_resume_equals_uninterrupted(tokenizer, tmp_path):
 
 
 def test_non_finite_loss_stops_naming_the_step(tiny_dir, tmp_path):
-    from utils.checkpoint import load
+    from t3d.model.checkpoint import load
 
     model, tok, _ = load(str(tiny_dir))
     with torch.no_grad():
@@ -213,7 +213,7 @@ def test_non_finite_loss_stops_naming_the_step(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_sft_from_scratch_and_fine_tune(tokenizer, tmp_path):
-    from utils.checkpoint import load
+    from t3d.model.checkpoint import load
 
     items = [{"question": f"Compute {a}+{a + 1}.", "solution": f"{a}+{a + 1}={2 * a + 1}. \\boxed{{{2 * a + 1}}}"}
              for a in range(10, 42)]

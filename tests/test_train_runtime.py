@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from train import runtime
-from utils.checkpoint import REPO_ROOT
-from utils.config import ConfigError, load_config
+from t3d.train import runtime
+from t3d.common.paths import CHECKOUT as REPO_ROOT
+from t3d.common.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,12 +51,12 @@ def test_wandb_modes(tmp_path, monkeypatch):
         runtime._wandb_env(_cfg("wandb.mode=cloud"), tmp_path)
 
 
-@pytest.mark.parametrize("script, key", [("self_ddo_sdar_full", "training.lambda_path=0.2"),
-                                         ("sft_sdar", "dataset.source=\"items\"")])
+@pytest.mark.parametrize("script, key", [("self_ddo", "training.lambda_path=0.2"),
+                                         ("sft", "dataset.source=\"items\"")])
 def test_trainer_help_lists_keys_with_comments(script, key, capsys):
     import importlib
 
-    main = importlib.import_module(f"train.{script}").main
+    main = importlib.import_module(f"t3d.train.{script}").main
     with pytest.raises(SystemExit) as stop:
         main(["--help"])
     assert stop.value.code == 0

@@ -1,1 +1,0 @@
-"""Bridges from the toolkit to other evaluation tools (lm-evaluation-harness: `integrations.lm_eval_sdar`)."""

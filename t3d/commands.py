@@ -1,0 +1,76 @@
+"""Every stage's command: the console scripts of pyproject.toml and the repository's entry scripts call these.
+
+The config-driven stages take `config=<yaml> key=value ...` (config= defaults to the stage's bundled config)
+and answer `--help` before the heavy imports, so help is instant; the data tools take their own flags."""
+import sys
+
+from t3d.common.config import exit_if_help
+from t3d.common.paths import CONFIGS
+
+
+def _stage(module, job, config_name, argv):
+    default = CONFIGS / config_name
+    argv = sys.argv[1:] if argv is None else list(argv)
+    exit_if_help(argv, default_config=default)
+    if not any(arg.startswith("config=") for arg in argv):
+        argv = [f"config={default}", *argv]
+    from importlib import import_module
+
+    from t3d.common.cli import run_main
+
+    run_main(getattr(import_module(module), job), argv, default)  # (its result is not an exit status)
+
+
+def sample(argv=None):
+    """Stage 1, rollout: decode a dataset and record every token's denoising step (sdar_sample.py)."""
+    _stage("t3d.decode.rollout", "run_rollout_job", "sdar_sample.yaml", argv)
+
+
+def train(argv=None):
+    """Stage 3, T3D training: DDO + path loss on the model's own trajectories (self_ddo_sdar_full.py)."""
+    _stage("t3d.train.self_ddo", "run_t3d_job", "ddo_sdar_full_self.yaml", argv)
+
+
+def sft(argv=None):
+    """Block-diffusion SFT (sft_sdar.py)."""
+    _stage("t3d.train.sft", "run_sft_job", "sft_sdar.yaml", argv)
+
+
+def evaluate(argv=None):
+    """Stage 4, few-step evaluation (eval.py)."""
+    _stage("t3d.eval.evaluate", "run_eval_job", "eval.yaml", argv)
+
+
+def preprocess(argv=None):
+    """Stage 2: rollout files -> training records (rename_key.py)."""
+    from t3d.train.records import main
+
+    sys.exit(main(argv))
+
+
+def download(argv=None):
+    """Fetch a dataset into the toolkit's schema (download_data.py)."""
+    from t3d.tasks.download import main
+
+    sys.exit(main(argv))
+
+
+def merge_shards(argv=None):
+    """Merge the per-node rollout files of a multi-node rollout."""
+    from t3d.decode.shards import main
+
+    sys.exit(main(argv))
+
+
+def build_tiny(argv=None):
+    """Write a small random SDAR checkpoint with the toolkit's tokenizer."""
+    from t3d.model.tiny import main
+
+    sys.exit(main(argv))
+
+
+def lm_eval(argv=None):
+    """lm-evaluation-harness's own command line with the `sdar_bd` model registered."""
+    from t3d.integrations.lm_eval import main
+
+    sys.exit(main(argv))

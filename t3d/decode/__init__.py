@@ -1,0 +1,1 @@
+"""Block-diffusion decoding: the decoder, the rollout job and shard merging."""

@@ -1,0 +1,1 @@
+"""Evaluation: the eval job, grading, AUP and the code sandbox."""

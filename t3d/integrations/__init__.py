@@ -1,0 +1,1 @@
+"""Integrations with other tools: the lm-evaluation-harness model sdar_bd."""

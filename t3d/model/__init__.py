@@ -1,0 +1,1 @@
+"""The SDAR model, its attention masks, and checkpoint finding, checking, fingerprinting and loading."""

@@ -1,0 +1,1 @@
+"""Tasks: prompts, answer extraction, dataset loading and the synthetic task generators."""

@@ -1,0 +1,1 @@
+"""Training: T3D (DDO + path loss) and SFT objectives, data, the loop, LoRA, checkpoints, training records."""

@@ -1,0 +1,137 @@
+"""Stage 3: T3D training of an SDAR model on its own rollout trajectories (DDO + path loss).
+
+    accelerate launch --config_file accelerate_configs/<...>.yaml train/self_ddo_sdar_full.py \
+        config=configs/ddo_sdar_full_self.yaml
+    python train/self_ddo_sdar_full.py config=configs/ddo_sdar_full_self.yaml [key.sub=value ...]
+"""
+import copy
+from contextlib import nullcontext
+
+import torch
+
+from t3d.train import lora
+from t3d.train.data import load_examples, resolve_data_path
+from t3d.train.loop import fit, open_run
+from t3d.train.objectives import T3DSettings, t3d_micro_step
+from t3d.train.runtime import (
+    check_common, main_print, make_accelerator, run_dir, setup_process, zero_stage,
+)
+from t3d.model.checkpoint import load_model, load_tokenizer, resolve_checkpoint
+from t3d.common.cli import run_main
+from t3d.common.config import ConfigError
+from t3d.common.paths import CONFIGS
+from t3d.common.io import check_output_dir
+
+
+DEFAULT_CONFIG = CONFIGS / "ddo_sdar_full_self.yaml"
+
+
+def check_config(cfg):
+    check_common(cfg)
+    tr = cfg.training
+    if tr.method != "semi-ar":
+        raise ConfigError(f"training.method '{tr.method}' is not supported (only semi-ar)")
+    if tr.mask_strategy not in ("trace", "random"):
+        raise ConfigError(f"training.mask_strategy must be trace or random, got '{tr.mask_strategy}'")
+    if not tr.mask_ratios or not all(0 < float(r) <= 1 for r in tr.mask_ratios):
+        raise ConfigError(
+            f"training.mask_ratios must be a non-empty list of values in (0, 1], got {list(tr.mask_ratios)}")
+    for key in ("path_k_steps", "round_interval"):
+        if int(tr[key]) < 1:
+            raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
+    for key in ("lambda_ddo", "lambda_path"):
+        if float(tr[key]) < 0:
+            raise ConfigError(f"training.{key} must be >= 0, got {tr[key]}")
+    lora.lora_config(cfg)  # its one-line errors before anything is loaded
+    if float(tr.target_temp) != 0.0:
+        main_print("note: training.target_temp has no effect (as in the original, the fake sample is the reference's)")
+
+
+def frozen_copy(model, cfg):
+    """The reference: a frozen copy in eval mode, outside the optimizer; bf16 weights when training in bf16."""
+    ref = copy.deepcopy(model).requires_grad_(False).eval()
+    return ref.to(torch.bfloat16) if str(cfg.training.mixed_precision) == "bf16" else ref
+
+
+def copy_weights(accelerator, model, ref):
+    """reference <- target. ZeRO-3 shards are gathered on every rank (get_state_dict would fill rank 0 only)."""
+    src = accelerator.unwrap_model(model)
+    params = list(src.parameters())
+    if zero_stage(accelerator) == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    else:
+        gather = nullcontext()
+    with gather, torch.no_grad():
+        for p_ref, p in zip(ref.parameters(), params):
+            p_ref.copy_(p)
+
+
+def round_refresher(accelerator, ref, every, epochs):
+    def on_epoch_end(epoch, model):
+        done = epoch + 1
+        if done % every or done >= epochs:
+            return False
+        if isinstance(ref, lora.AdapterReference):
+            ref.refresh()  # snapshot adapter <- trained adapter
+        else:
+            copy_weights(accelerator, model, ref)
+        accelerator.print(f"round {done // every} finished at epoch {done}: reference <- target")
+        return True
+
+    return on_epoch_end
+
+
+def run_t3d_job(cfg):
+    check_config(cfg)
+    tr, root = cfg.training, run_dir(cfg)
+    check_output_dir(root, "experiment.output_dir")
+    setup_process(cfg)
+    path = resolve_checkpoint(cfg.model.pretrained_model)
+    tokenizer = load_tokenizer(path)
+    data_path = resolve_data_path(cfg.dataset.optimization_data, cfg.dataset)
+    examples = load_examples(
+        data_path, tokenizer, max_prompt_len=int(tr.max_prompt_len), max_gen_length=int(tr.max_gen_length),
+        post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records), block_size=int(tr.block_size),
+        log=main_print, dataset_cfg=cfg.dataset,
+    )
+    # both models are loaded before the Accelerator exists: under ZeRO-3 a model loaded after it comes
+    # partitioned, and the reference must stay whole on every rank
+    model = load_model(path, "fp32", "cpu").train()
+    adapters = lora.lora_config(cfg)
+    if adapters is None:
+        ref = frozen_copy(model, cfg)
+    else:  # the reference is this same model without its adapters: no second copy of the weights
+        model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
+                                  snapshot=bool(tr.multi_round), bf16_base=str(tr.mixed_precision) == "bf16")
+        ref = lora.AdapterReference(model, bool(tr.multi_round), int(tr.round_interval))
+        main_print(lora.describe(model) + "; the reference is this model without them")
+    accelerator = make_accelerator(cfg, root)
+    if adapters is None:
+        ref = ref.to(accelerator.device)
+    elif zero_stage(accelerator) == 3:
+        raise ConfigError("model.lora is not supported under DeepSpeed ZeRO-3 (use DDP or ZeRO-1/2)")
+    if tr.gradient_checkpointing_enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    run = open_run(cfg, accelerator, root, data_path, path)
+    special = set(tokenizer.all_special_ids)
+    settings = T3DSettings(
+        seed=int(tr.seed), block_size=int(tr.block_size), mask_id=tokenizer.mask_token_id,
+        vocab_ids=torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special]),
+        mask_strategy=str(tr.mask_strategy), mask_ratios=tuple(float(r) for r in tr.mask_ratios),
+        mask_ratio_exponent=float(tr.mask_ratio_exponent), random_ratio=float(cfg.model.random_ratio),
+        alpha=float(tr.alpha), beta=float(tr.beta), reference_temp=float(tr.reference_temp),
+        path_k_steps=int(tr.path_k_steps), lambda_path=float(tr.lambda_path), lambda_ddo=float(tr.lambda_ddo),
+    )
+    refresh = None
+    if tr.multi_round:
+        refresh = round_refresher(accelerator, ref, int(tr.round_interval), int(tr.num_train_epochs))
+    reference = ref.at if adapters is not None else (lambda epoch: ref)  # (a LoRA snapshot lives in the model state)
+    fit(cfg, accelerator, run, model, tokenizer, examples,
+        lambda m, batch, epoch: t3d_micro_step(m, reference(epoch), batch, epoch, settings),
+        extra_state=(ref,) if adapters is None else (), on_epoch_end=refresh)
+
+
+def main(argv=None):
+    run_main(run_t3d_job, argv, DEFAULT_CONFIG)

@@ -1,1 +1,0 @@
-"""Shared building blocks every entry script imports: config, prompts, masks, decoding, grading, I/O."""
