@@ -33,6 +33,7 @@ from t3d.train import lora
 from t3d.train.runtime import TrainingError
 from t3d.common.config import flatten, save_config
 from t3d.common.io import append_text, atomic_write_json, atomic_write_text
+from t3d.model.checkpoint import content_fingerprint
 
 MANIFEST = "manifest.json"
 # Config keys that cannot change a trained number (paths, names, logging, saving cadence, how to start);
@@ -42,9 +43,6 @@ NOT_TRAINING = ("wandb.", "experiment.project", "experiment.output_dir", "experi
                 "training.resume_from_checkpoint", "training.gradient_checkpointing_enable",
                 "model.pretrained_model", "model.optimized_name", "model.lora.save_merged", "dataset.optimization_data")
 RUN_FILES = ("state", "ckpt", "metrics.jsonl", "config.yaml", "wandb_run_id", "wandb")  # what a fresh start moves aside
-# model-directory files that make a starting point: weights, architecture, tokenizer (not docs or recipes)
-MODEL_FILE = re.compile(r".*\.(safetensors|bin|json|jinja|txt|model|tiktoken)$")
-
 
 class LoopState:
     """Where the loop is: saved with the accelerator state so a resume continues at the same micro-batch.
@@ -79,20 +77,6 @@ def file_digest(path, algo="sha256"):
     return f"{crc:08x}" if h is None else h.hexdigest()
 
 
-def model_identity(directory):
-    """sha256 over the names and contents of a model directory's weight, config and tokenizer files (an adapter
-    directory's base too)."""
-    from t3d.model.checkpoint import adapter_base, is_adapter
-
-    h = hashlib.sha256()
-    if is_adapter(directory):
-        h.update(f"base:{model_identity(adapter_base(directory))}\n".encode())
-    for p in sorted(Path(directory).iterdir()):
-        if p.is_file() and MODEL_FILE.fullmatch(p.name):
-            h.update(f"{p.name}:{file_digest(p)}\n".encode())
-    return h.hexdigest()
-
-
 def run_fingerprint(cfg, data_path, model_dir, processes):
     """What a resume state must match: the resolved config minus NOT_TRAINING keys, the number of
     processes, the training data's content and the starting model's files."""
@@ -100,7 +84,7 @@ def run_fingerprint(cfg, data_path, model_dir, processes):
     if (cfg.model.get("lora") or {}).get("r") is None:  # LoRA off: a state saved before model.lora existed matches
         config = {k: v for k, v in config.items() if not k.startswith("model.lora")}
     return json.loads(json.dumps({"config": config, "processes": int(processes),
-                                  "data": file_digest(data_path), "weights": model_identity(model_dir)}))
+                                  "data": file_digest(data_path), "weights": content_fingerprint(model_dir)}))
 
 
 def fingerprint_changes(saved, current):
@@ -114,7 +98,9 @@ def fingerprint_changes(saved, current):
         changes.append(f"processes {saved.get('processes')} -> {current['processes']}")
     if saved.get("data") != current["data"]:
         changes.append("the training data's content (dataset.optimization_data)")
-    if saved.get("weights") != current["weights"]:
+    if isinstance(saved.get("weights"), str):  # recorded before the fingerprint covered weights and tokenizer apart
+        changes.append("the initial model's fingerprint was recorded by an earlier t3d version (start fresh)")
+    elif saved.get("weights") != current["weights"]:
         changes.append("the initial weights or tokenizer (model.pretrained_model)")
     return changes
 
