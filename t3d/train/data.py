@@ -18,6 +18,7 @@ from t3d.model.checkpoint import stop_token_ids
 from t3d.tasks.loading import find_file, hub_snapshot, is_hub, load_records, section_options
 from t3d.common.io import DataError
 from t3d.common.paths import DATA
+from t3d.train.records import max_step
 from t3d.model.masks import pad_sequences
 from t3d.tasks.prompting import build_prompt, encode_prompt
 
@@ -69,11 +70,11 @@ def check_step_map(step_map, prompt_len, block_size, steps_per_block, where):
     if low < 1:
         raise RecordError(f"{where}: step_map has the value {low}; decoding steps start at 1", "impossible step_map")
     if steps_per_block is not None:
-        blocks = -(-(prompt_len % block_size + len(step_map)) // block_size)
-        if high > steps_per_block * blocks:
+        most, blocks = max_step(len(step_map), block_size, steps_per_block, prompt_len)
+        if high > most:
             raise RecordError(
                 f"{where}: step_map has the value {high} but the response spans {blocks} blocks of "
-                f"{steps_per_block} denoising steps (at most {steps_per_block * blocks})", "impossible step_map")
+                f"{steps_per_block} denoising steps (at most {most})", "impossible step_map")
 
 
 def _finish(index, prompt_ids, response_ids, step_map, limits, stops, pad_id, where):

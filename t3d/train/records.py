@@ -44,14 +44,21 @@ def _positive_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def max_step(n, block_size, steps_per_block, prompt_len=None):
+    """(largest step a response of n tokens can carry, blocks it spans): S steps per block, blocks aligned to
+    absolute positions, so the response's first block also holds prompt_len % B prompt tokens (up to B - 1
+    when the prompt length is not known). Steps are numbered globally from 1."""
+    offset = block_size - 1 if prompt_len is None else prompt_len % block_size
+    blocks = -(-(offset + n) // block_size)
+    return steps_per_block * blocks, blocks
+
+
 def steps_problem(step_map, block_size, steps_per_block):
-    """Why a step_map cannot come from the decoder, or None. Steps are numbered globally from 1 and a block
-    takes at most S of them; without the prompt, a response of n tokens spans at most ceil((n + B - 1) / B)
-    blocks (its first block may hold up to B - 1 prompt tokens)."""
+    """Why a step_map cannot come from the decoder, or None (the prompt length is not known here)."""
     if min(step_map) < 1:
         return "step_map value < 1"
     if _positive_int(block_size) and _positive_int(steps_per_block):
-        if max(step_map) > steps_per_block * -(-(len(step_map) + block_size - 1) // block_size):
+        if max(step_map) > max_step(len(step_map), block_size, steps_per_block)[0]:
             return "step_map value > the steps its blocks allow"
     return None
 
