@@ -356,7 +356,7 @@ def summarize(rows, ood_rows, steps, block_size):
 
 
 def goal_check(summary, method="t3d", tolerance=0.01):
-    """Issue 12's goal for `method` (T3D as shipped, or a T3D variant): its AUP above every baseline's (base and naive, each with the static and the dynamic
+    """The study's goal for `method` (T3D as shipped, or a T3D variant): its AUP above every baseline's (base and naive, each with the static and the dynamic
     decoder) with non-overlapping seed ranges (T3D's lowest seed above the baseline's highest), T3D taken with
     its better decoder (by lowest seed), and its S = B accuracy at most 1 point below the base's on the split."""
     modes = [n for n in (method, method + DYNAMIC) if n in summary and summary[n]["aup_min"] is not None]

@@ -1,6 +1,6 @@
 """T3D objective: DDO on trajectory states plus the step-map path loss; masked CE for SFT.
 
-Notation (spec §6.32): l_m(y) = mean over masked positions of log p_m(y_i | x_t) per sample;
+Notation (the original T3D code's): l_m(y) = mean over masked positions of log p_m(y_i | x_t) per sample;
     L = mean[-log s(b(l_th(y_real) - l_ref(y_real)))] + a * mean[-log(1 - s(b(l_th(y_fake) - l_ref(y_fake))))]
 with y_real the rollout tokens and y_fake the reference's prediction from the same noisy input.
 """
@@ -44,7 +44,7 @@ def ddo_loss(logp_real, ref_logp_real, logp_fake, ref_logp_fake, alpha, beta):
 
 
 def path_loss(nll, rank, real, k_steps, block_size):
-    """Step-map path loss (spec §6.31), per position nll [b, L] = -log p_th(rollout token | x_t).
+    """Step-map path loss, per position nll [b, L] = -log p_th(rollout token | x_t).
 
     Level s (s = 0 .. ceil(B/k)-1) holds the real response tokens whose within-block decoding rank is
     < (s+1)*k, i.e. the tokens decoded in the first s+1 "large steps" of k tokens. The loss is the mean,

@@ -6,7 +6,7 @@
     python data/rename_key.py --input shard0.json --input shard1.jsonl --output data/merged_renamed.json
 
 Default paths are relative to this script's folder (works from any CWD); --input/--output are taken as
-given. Every replica becomes its own record (the reference kept only replica 0, spec §6 item 24):
+given. Every replica becomes its own record (the original kept only replica 0, wasting the others):
 
     {"question", "prompt", "answer": <decoded text of that replica>, "response_ids": [...],
      "step_map": [...], "source_index": i, "replica": r, <other dataset fields>,
