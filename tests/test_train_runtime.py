@@ -47,8 +47,18 @@ def test_wandb_modes(tmp_path, monkeypatch):
     assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(tmp_path)
     with pytest.raises(ConfigError, match="wandb.mode=online needs WANDB_API_KEY or `wandb login`"):
         runtime._wandb_env(_cfg("wandb.mode=online"), tmp_path)
-    with pytest.raises(ConfigError, match="wandb.mode must be one of disabled, offline, online, got 'cloud'"):
+    with pytest.raises(ConfigError, match="wandb.mode must be one of disabled, offline, online or null"):
         runtime._wandb_env(_cfg("wandb.mode=cloud"), tmp_path)
+
+
+def test_wandb_mode_null_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert runtime._wandb_env(_cfg("wandb.mode=null"), tmp_path) == "offline"
+    assert os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert runtime.wandb_mode(_cfg("wandb.mode=null")) == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    assert runtime.wandb_mode(_cfg("wandb.mode=null")) == "disabled"  # never a login prompt
 
 
 @pytest.mark.parametrize("script, key", [("self_ddo", "training.lambda_path=0.2"),

@@ -159,7 +159,7 @@ def fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, *, extra_
                           "grad_norm": None if grad_norm is None else float(grad_norm),
                           "seconds": round(time.time() - tick, 4)}
                 metrics.write(record)
-                accelerator.log(record, step=loop.global_step)
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=loop.global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch + 1)
                 if exp.save_every_steps and loop.global_step % int(exp.save_every_steps) == 0:
@@ -167,6 +167,7 @@ def fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, *, extra_
                 tick = time.time()  # "seconds" is compute time: saving is not counted
             loop.epoch, loop.batches_done = epoch + 1, 0
             if on_epoch_end is not None and on_epoch_end(epoch, model):
+                accelerator.log({"train/round_end_epoch": epoch + 1}, step=loop.global_step)
                 checkpoint()  # a round boundary: a resume must see the refreshed reference
                 tick = time.time()
     ck.save_model(accelerator, model, tokenizer, cfg, root / "ckpt" / name)

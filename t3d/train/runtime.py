@@ -93,11 +93,20 @@ def setup_process(cfg):
     set_seed(int(cfg.training.seed))
 
 
-def _wandb_env(cfg, directory):
+def wandb_mode(cfg):
+    """The W&B mode of a run: the config's wandb.mode when given, else the environment's WANDB_MODE (the
+    commands default it to disabled when the user has not set it, so there is never a login prompt)."""
+    if cfg.wandb.mode is None:
+        return os.environ.get("WANDB_MODE", "disabled")
     mode = str(cfg.wandb.mode)
     if mode not in WANDB_MODES:
-        raise ConfigError(f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got '{mode}'")
-    os.environ["WANDB_MODE"] = mode  # before wandb is imported anywhere: never a login prompt
+        raise ConfigError(f"wandb.mode must be one of {', '.join(WANDB_MODES)} or null (= WANDB_MODE), got '{mode}'")
+    return mode
+
+
+def _wandb_env(cfg, directory):
+    mode = wandb_mode(cfg)
+    os.environ["WANDB_MODE"] = mode  # before wandb is imported anywhere
     os.environ.setdefault("WANDB_DIR", str(directory))
     os.environ.setdefault("WANDB_SILENT", "true")
     if mode == "online" and not os.environ.get("WANDB_API_KEY"):
@@ -153,7 +162,7 @@ def zero_stage(accelerator):
 def start_tracker(accelerator, cfg, directory, resuming=False):
     """accelerate's W&B tracker (when enabled); the run id is kept in the run dir so a resume continues it
     (a fresh start moved the earlier id aside, so it gets a new one)."""
-    if str(cfg.wandb.mode) == "disabled":
+    if wandb_mode(cfg) == "disabled":
         return
     id_file = Path(directory) / "wandb_run_id"
     run_id = cfg.wandb.run_id or (id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8])
