@@ -83,6 +83,23 @@ def max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def relative_difference(a, b, base):
+    """||a - b|| / ||a - base|| over all weights: how far two runs' updates from `base` differ, relative to the
+    update itself."""
+    num = sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a)
+    den = sum(((a[k].double() - base[k].double()) ** 2).sum() for k in a)
+    return (num / den).sqrt().item()
+
+
+# Two runs that differ only in float32 summation order (all-reduce across processes vs accumulation in one):
+# every gradient differs by a relative O(n * 2^-24) for sums of n terms (n ~ 2e3 tokens here: ~1e-4). Adam
+# divides each update by its own running scale, so a weight whose gradient is near zero can move differently
+# by up to lr per step; an elementwise bound is therefore lr * steps (no test at all), while the update as a
+# whole moves by ~1e-4 of its size. A real fault (a dropped or double-counted micro-batch, a wrong loss scale)
+# changes the update by >= 1e-1 of its size. Losses are compared to the same 1e-4 relative.
+ORDER_TOLERANCE = 1e-3
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from t3d.model.checkpoint import load_tokenizer
@@ -129,12 +146,9 @@ def test_seed_launch_trains_the_embedded_default(tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("topology, tol", [
-    ("cpu_2_processes_ddp", 1e-5),
-    ("cpu_2_processes_deepspeed_zero1", 1e-5),
-    ("cpu_2_processes_deepspeed_zero3", 5e-5),  # gathered reference refresh + checkpoint; reduce order differs
-])
-def test_two_processes_equal_one_process_with_double_accumulation(tokenizer, tmp_path, topology, tol):
+@pytest.mark.parametrize("topology", ["cpu_2_processes_ddp", "cpu_2_processes_deepspeed_zero1",
+                                      "cpu_2_processes_deepspeed_zero3"])
+def test_two_processes_equal_one_process_with_double_accumulation(tokenizer, tmp_path, topology):
     data = records_file(tokenizer, tmp_path, 16)
     common = ["training.batch_size_lm=2", "optimizer.params.learning_rate=1e-3", "lr_scheduler.params.warmup_steps=0",
               "training.reference_temp=0.5", "experiment.checkpoints_total_limit=null"]
@@ -146,10 +160,12 @@ def test_two_processes_equal_one_process_with_double_accumulation(tokenizer, tmp
     rows_one, rows_two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert len(rows_one) == len(rows_two) == 4
     for a, b in zip(rows_one, rows_two):
-        assert a["loss"] == pytest.approx(b["loss"], abs=tol) and a["tokens"] == b["tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["tokens"] == b["tokens"]
     base = load_file(str(REPO / "models" / "sdar-tiny" / "model.safetensors"))
     assert max_diff(weights(tmp_path / "one"), base) > 1e-3  # training moved the weights
-    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) < tol
+    difference = relative_difference(weights(tmp_path / "one"), weights(tmp_path / "two"), base)
+    print(f"{topology}: relative update difference {difference:.2e}")
+    assert difference < ORDER_TOLERANCE
     if "deepspeed" in topology:  # the sharded resume state restores the run exactly
         state = tmp_path / "two" / RUN / "state" / "step-1"
         resumed = t3d_args(data, tmp_path / "resumed", *common, "training.gradient_accumulation_steps=2",
