@@ -34,6 +34,7 @@ from t3d.train.runtime import TrainingError
 from t3d.common.config import flatten, save_config
 from t3d.common.io import append_text, atomic_write_json, atomic_write_text
 from t3d.model.checkpoint import content_fingerprint
+from t3d.model.export import make_standalone
 
 MANIFEST = "manifest.json"
 # Config keys that cannot change a trained number (paths, names, logging, saving cadence, how to start);
@@ -173,6 +174,8 @@ def save_model(accelerator, model, tokenizer, cfg, dest):
                 unwrapped.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             save_config(cfg, tmp)
+            for directory in (tmp, tmp / "merged"):  # loadable without t3d (trust_remote_code)
+                make_standalone(directory)
             _publish(tmp, dest)
     accelerator.wait_for_everyone()
 

@@ -1,0 +1,1 @@
+../../t3d/model/sdar/configuration_sdar.py

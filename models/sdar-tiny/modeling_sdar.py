@@ -1,0 +1,1 @@
+../../t3d/model/sdar/modeling_sdar.py
