@@ -308,3 +308,29 @@ def test_lm_eval_task_loads_a_mapped_parquet_like_eval(tmp_path):
            [(i["question"], i["ground_truth_answer"]) for i in items]
     with pytest.raises(DataError, match=r"^dataset_kwargs.columns.question: no column 'problem'"):
         t3d_tasks.load_toolkit_dataset(str(path), columns={"question": "problem"})
+
+
+def test_a_save_to_disk_folder_loads_like_its_rows(tmp_path):
+    rows = [{"question": "Compute 1+2.", "ground_truth_answer": "3"}, {"question": "Compute 2+2.", "ground_truth_answer": "4"}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "one"))
+    source, items = load_records(tmp_path / "one")
+    assert items == rows and str(source) == str(tmp_path / "one")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}
+                         ).save_to_disk(str(tmp_path / "dict"))
+    assert load_records(tmp_path / "dict", split="test")[1] == rows[:1]
+    with pytest.raises(DataError, match=r"has the splits train, test: choose one with dataset.split$"):
+        load_records(tmp_path / "dict")
+    with pytest.raises(DataError, match=r"evaluation.dataset_split='dev': .* has the splits train, test"):
+        load_records(tmp_path / "dict", split="dev", key_prefix="evaluation.dataset_")
+
+
+def test_a_plain_hub_id_says_to_write_hub():
+    with pytest.raises(DataError, match=r"^openai/gsm8k: no such file or folder \(for a hub dataset write hub:openai/gsm8k\)$"):
+        load_records("openai/gsm8k")
+
+
+def test_training_snapshots_a_save_to_disk_folder(tmp_path):
+    rows = [{"question": "Compute 1+2.", "ground_truth_answer": "3"}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    path = resolve_data_path(str(tmp_path / "saved"), {"split": None, "subset": None})
+    assert path.suffix == ".jsonl" and read_records(path) == rows

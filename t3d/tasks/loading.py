@@ -57,9 +57,41 @@ def find_file(spec):
     return None
 
 
+def find_saved(spec):
+    """The folder of a `datasets` save_to_disk (a Dataset or a DatasetDict) a path denotes, or None."""
+    raw = Path(str(spec)).expanduser()
+    for candidate in (raw, HOME / raw):
+        if (candidate / "dataset_dict.json").is_file() or (candidate / "state.json").is_file():
+            return candidate
+    return None
+
+
+def read_saved(path, split=None, key_prefix=""):
+    """(label, rows) of a save_to_disk folder; a DatasetDict needs `split` unless it holds one split."""
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            data = datasets.load_from_disk(str(path))
+    except Exception as err:  # a damaged folder (missing arrow file, bad state.json)
+        raise DataError(f"{path}: cannot load the saved dataset ({first_line(err, with_type=True, limit=160)})") from None
+    label = f"{path}" + (f" (split {split})" if split is not None else "")
+    if isinstance(data, datasets.DatasetDict):
+        if split is None and len(data) != 1:
+            raise DataError(f"{path} has the splits {', '.join(data)}: choose one with {key_prefix}split")
+        if split is not None and split not in data:
+            raise DataError(f"{key_prefix}split={split!r}: {path} has the splits {', '.join(data)}")
+        data = data[split] if split is not None else next(iter(data.values()))
+    elif split is not None:
+        raise DataError(f"{key_prefix}split={split!r}: {path} is a single saved split")
+    return label, _rows(data)
+
+
 def missing_message(spec):
     """The one-line error for a name or path that is no file."""
     raw = Path(str(spec))
+    if len(raw.parts) == 2 and not raw.suffix and not str(spec).startswith((".", "/", "~")):
+        return f"{spec}: no such file or folder (for a hub dataset write {HUB_PREFIX}{spec})"
     if not _is_name(raw):
         return f"{raw}: file not found"
     return (f"dataset '{spec}': no file {DATA / (str(raw) + '.json')} "
@@ -227,8 +259,12 @@ def load_records(spec, *, split=None, subset=None, columns=None, answer_format=N
     `key_prefix` is how errors name the settings (e.g. "evaluation.dataset_"). Empty data is an error."""
     spec = str(spec)
     hub = is_hub(spec)
-    columns = check_options(key_prefix, split, subset, columns, answer_format, hub=hub)
-    if hub:
+    saved = None if hub else find_saved(spec)
+    # a saved DatasetDict has splits; a hub dataset has splits and subsets; a file is one split
+    columns = check_options(key_prefix, None if saved else split, subset, columns, answer_format, hub=hub)
+    if saved is not None:
+        source, records = read_saved(saved, split, key_prefix)
+    elif hub:
         repo_id = spec[len(HUB_PREFIX):].strip()
         if not repo_id:
             raise DataError(f"'{spec}': expected {HUB_PREFIX}<owner>/<name>, e.g. {HUB_PREFIX}openai/gsm8k")

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from t3d.model.checkpoint import stop_token_ids
-from t3d.tasks.loading import find_file, hub_snapshot, is_hub, load_records, section_options
+from t3d.tasks.loading import find_file, find_saved, hub_snapshot, is_hub, load_records, section_options
 from t3d.common.io import DataError
 from t3d.common.paths import DATA
 from t3d.train.records import max_step
@@ -35,7 +35,7 @@ def resolve_data_path(name, dataset_cfg=None):
     """`dataset.optimization_data`: a .json/.jsonl/.parquet/.csv file path, a name under the repo's data/, or
     hub:<owner>/<name> (dataset.split / dataset.subset of `dataset_cfg`), read into a content-named JSONL
     snapshot in the datasets cache: the run's data is then one fixed file, which resume fingerprints."""
-    if is_hub(name):
+    if is_hub(name) or find_saved(name) is not None:
         options = section_options(dataset_cfg or {}, "dataset.")
         source, path = hub_snapshot(name, split=options["split"], subset=options["subset"])
         print(f"{source}: training on its rows, saved as {path}")
