@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from t3d.eval import sandbox
-from t3d.eval.sandbox import FunctionJob, StdioJob, run_function_tests, run_many, run_stdio_tests
+from t3d.eval.sandbox import FunctionJob, StdioJob, codec, host, run_function_tests, run_many, run_stdio_tests
 
 ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]
@@ -140,10 +140,6 @@ def test_run_many_rejects_malformed_jobs():
 
 
 # ------------------------------------------------------------------------------------ isolation (hostile code)
-CHILD = {"__name__": "sandbox_child"}
-exec(sandbox._CHILD, CHILD)  # the codec and launcher, without running them
-
-
 def _host_processes_with(marker):
     """Host pids whose command line contains `marker` (zombies excluded)."""
     found = []
@@ -183,8 +179,8 @@ def test_namespaces_work_with_the_python_installation_under_tmp(monkeypatch, tmp
         pytest.skip("Linux namespaces unavailable: rlimits-only sandbox")
     under_tmp = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
-        visible = sandbox._visible_paths
-        monkeypatch.setattr(sandbox, "_visible_paths", lambda: visible() + [str(under_tmp)])
+        visible = host._visible_paths
+        monkeypatch.setattr(host, "_visible_paths", lambda: visible() + [str(under_tmp)])
         code = ("import os, tempfile\nopen('/tmp/b.txt', 'w').write('y')\n"
                 "print(tempfile.gettempdir() == os.getcwd(), os.path.isdir(%r), open('b.txt').read())" % str(under_tmp))
         assert run_stdio_tests(code, [""], ["True True y"]) == [True]  # /tmp is still the writable scratch
@@ -418,7 +414,7 @@ def test_a_dead_solution_fails_the_remaining_tests_quickly():
 
 
 def test_codec_round_trips_plain_data_exactly():
-    encode, decode = CHILD["encode"], CHILD["decode"]
+    encode, decode = codec.encode, codec.decode
     value = [None, True, False, 0, -1, 2 ** 200, -(2 ** 64), 1.5, float("inf"), -0.0, 1 + 2j, "é\ud800", b"\x00\xff",
              (1, (2,)), {1: "a", (1, "b"): [set(), frozenset({3})]}, [[[]]], ""]
     back = decode(encode(value))
@@ -434,29 +430,47 @@ def test_codec_round_trips_plain_data_exactly():
     (b"s\x01\x00\x00\x00\xff", "malformed"), (b"f\x00", "malformed"), (b"", "unknown tag"),
 ])
 def test_codec_rejects_malformed_messages(data, message):
-    with pytest.raises(CHILD["CodecError"], match=message):
-        CHILD["decode"](data)
+    with pytest.raises(codec.CodecError, match=message):
+        codec.decode(data)
 
 
 @pytest.mark.parametrize("value", [object(), [1, object()], range(3), print, {1: iter([])}])
 def test_codec_refuses_objects(value):
-    with pytest.raises(CHILD["CodecError"], match="is not plain data"):
-        CHILD["encode"](value)
+    with pytest.raises(codec.CodecError, match="is not plain data"):
+        codec.encode(value)
 
 
 # ------------------------------------------------------------------------------------------------- fallback
-def test_fallback_without_namespaces_still_grades_and_is_loud(monkeypatch, caplog):
-    broken = sandbox._CHILD.replace(
+def test_fallback_without_namespaces_still_grades_and_is_loud(monkeypatch, caplog, tmp_path):
+    # A copy of the launcher whose namespace set-up fails the way a kernel without user namespaces makes it fail.
+    runtime = tmp_path / "runtime"
+    shutil.copytree(host.RUNTIME_DIR, runtime, ignore=shutil.ignore_patterns("__pycache__"))
+    confine = (runtime / "confine.py").read_text()
+    broken = confine.replace(
         "def enter_sandbox(job, native=None):\n",
         "def enter_sandbox(job, native=None):\n    if job['isolate']:\n"
         "        os.write(2, b'sandbox set-up failed: PermissionError: no user namespaces\\n')\n"
         "        os._exit(SETUP_FAILED)\n")
-    assert broken != sandbox._CHILD
-    monkeypatch.setattr(sandbox, "_CHILD", broken)
-    with caplog.at_level("WARNING", logger="t3d.eval.sandbox"):
-        assert sandbox.isolation.__wrapped__() == sandbox.RLIMITS_ONLY
+    assert broken != confine
+    (runtime / "confine.py").write_text(broken)
+    monkeypatch.setattr(host, "RUNTIME_DIR", str(runtime))
+    with caplog.at_level("WARNING", logger="t3d.eval.sandbox.host"):
+        assert host.isolation.__wrapped__() == sandbox.RLIMITS_ONLY
     assert "rlimits only" in caplog.text and "no user namespaces" in caplog.text
-    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.RLIMITS_ONLY)
+    monkeypatch.setattr(host, "isolation", lambda: sandbox.RLIMITS_ONLY)
     assert run_function_tests(ADD, ADD_TESTS + ["assert add(1, 1) == 3"]) == [True, True, False]
     assert run_function_tests("import os\nos._exit(0)", ADD_TESTS) == [False, False]
     assert run_stdio_tests("print(int(input()) + 1)", ["1", "2"], ["2", "4"]) == [True, False]
+
+
+def test_the_launcher_imports_only_the_standard_library():
+    # It starts as a bare interpreter for every job: nothing heavy (torch, numpy, this package's parent side).
+    probe = ("import sys\nbefore = set(sys.modules)\n" + host._BOOTSTRAP.replace("main(int(sys.argv[2]))\n", "")
+             + "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([*host.launch_command(0)[:4], probe, host.RUNTIME_DIR], capture_output=True, text=True,
+                         check=True).stdout
+    loaded = eval(out)
+    ours = {name for name in loaded if name.startswith("t3d_sandbox_runtime")}
+    assert ours == {"t3d_sandbox_runtime", "t3d_sandbox_runtime.child", "t3d_sandbox_runtime.codec",
+                    "t3d_sandbox_runtime.confine"}
+    assert not [name for name in loaded if name.split(".")[0] in ("t3d", "numpy", "torch", "transformers")]
