@@ -69,6 +69,13 @@ def build_tiny(argv=None):
     sys.exit(main(argv))
 
 
+def view(argv=None):
+    """Show one response's decode order in the terminal and as an HTML page."""
+    from t3d.decode.view import main
+
+    sys.exit(main(argv))
+
+
 def lm_eval(argv=None):
     """lm-evaluation-harness's own command line with the `sdar_bd` model registered."""
     from t3d.integrations.lm_eval import main
