@@ -76,6 +76,13 @@ def view(argv=None):
     sys.exit(main(argv))
 
 
+def export(argv=None):
+    """Copy a checkpoint as a standalone model with a model card; optionally push it to the hub."""
+    from t3d.model.publish import main
+
+    sys.exit(main(argv))
+
+
 def lm_eval(argv=None):
     """lm-evaluation-harness's own command line with the `sdar_bd` model registered."""
     from t3d.integrations.lm_eval import main

@@ -13,7 +13,7 @@ import pytest
 from t3d.common.paths import CHECKOUT
 
 SCRIPTS = ("t3d-sample", "t3d-preprocess", "t3d-train", "t3d-sft", "t3d-eval", "t3d-lm-eval", "t3d-download",
-           "t3d-merge-shards", "t3d-build-tiny", "t3d-view")
+           "t3d-merge-shards", "t3d-build-tiny", "t3d-view", "t3d-export")
 
 
 @pytest.fixture(scope="module")
