@@ -215,3 +215,30 @@ def test_fast_mask_equals_the_rule_written_out():
         for B in (1, 2, 4):
             args = (pos_q, flags_q, valid_q, pos_k, flags_k, valid_k, B)
             assert torch.equal(block_attention_mask(*args), _block_attention_mask_reference(*args))
+
+
+def _head_ops(model, **forward_kwargs):
+    """(name, input shapes) of every op a forward runs, from torch.profiler."""
+    from torch.profiler import profile
+
+    with torch.no_grad(), profile(record_shapes=True) as prof:
+        logits = model(**forward_kwargs).logits
+    return logits, [(e.name, str(e.input_shapes)) for e in prof.events()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_on_kept_positions_is_one_matmul_even_when_frozen(dtype):
+    """Decoding keeps the last B positions (a strided slice); with every weight frozen (a merged adapter) a 3-D
+    strided input made matmul run bmm over the head weight expanded per batch row (a [b, H, V] copy per forward).
+    The head must see contiguous 2-D rows: no bmm/expand touching the vocabulary dimension, whatever grads."""
+    V = 1031  # a size no other tensor has, so any op that mentions it belongs to the head
+    model = small_model(vocab_size=V).to(dtype).requires_grad_(False)
+    x = torch.randint(0, V, (4, 12))
+    full = model(x).logits
+    for keep in (4, slice(-4, None), torch.tensor([1, 5, 11])):
+        logits, ops = _head_ops(model, input_ids=x, logits_to_keep=keep)
+        on_head = [name for name, shapes in ops if str(V) in shapes]
+        assert "aten::bmm" not in on_head and "aten::expand" not in on_head, on_head
+        assert "aten::mm" in on_head or "aten::addmm" in on_head, on_head
+        where = slice(-keep, None) if isinstance(keep, int) else keep
+        torch.testing.assert_close(logits, full[:, where], rtol=0, atol=0 if dtype == torch.float32 else 1e-2)
