@@ -1,11 +1,12 @@
-"""Dataset / record I/O: JSON or JSONL in, atomic writes out (temp file, then rename)."""
+"""Dataset / record I/O: JSON or JSONL in, atomic writes out (temp file, then rename), output locks."""
 import errno
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
-from t3d.common.errors import DataError  # noqa: F401  (raised here; imported from here by callers)
+from t3d.common.errors import DataError, ExpectedError  # noqa: F401  (DataError: imported from here by callers)
 
 
 _UMASK = os.umask(0)
@@ -103,3 +104,97 @@ def read_records(path):
         if not isinstance(item, dict):
             raise DataError(f"{path}: item {i} is a {type(item).__name__}, expected an object")
     return data
+
+
+# ------------------------------------------------------------------------------------------------ output locks
+class OutputLocked(ExpectedError):
+    """Another run holds the lock of an output path."""
+
+
+def utc_stamp():
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def move_aside(path, stamp=None):
+    """Rename `path` to `<path>.previous-<UTC time>` (never overwriting an earlier one); returns the new path."""
+    path = Path(path)
+    stamp = stamp or utc_stamp()
+    target, n = path.with_name(f"{path.name}.previous-{stamp}"), 1
+    while target.exists():  # two restarts within one second
+        n += 1
+        target = path.with_name(f"{path.name}.previous-{stamp}-{n}")
+    os.rename(path, target)
+    return target
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class OutputLock:
+    """`<path>.lock`, created with O_EXCL and holding the owner's pid, host and start time, for as long as a run
+    writes `path`. A second run is refused at once with one line naming the holder; a lock left by a dead process
+    of this host is taken over (said on stderr). Use as a context manager, or acquire() / release()."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._token = None
+
+    def _holder(self):
+        try:
+            return json.loads(self.lock_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self):
+        import socket
+        import sys
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_stamp(), "token": os.urandom(8).hex()}
+        for _ in range(3):  # a stale lock is removed, then tried again
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+                    raise OutputLocked(f"{self.path} is locked by {self.lock_path}, which names no holder; "
+                                       "remove it if no run is writing there") from None
+                where = f"pid {holder['pid']} on host {holder.get('host')}, since {holder.get('since')}"
+                if holder.get("host") != me["host"] or _pid_alive(holder["pid"]):
+                    raise OutputLocked(f"{self.path} is in use by another run ({where}); wait for it to end, or "
+                                       f"remove {self.lock_path} if that run is gone") from None
+                # the holder died without releasing (kill -9): only the lock whose content we read is removed
+                if self._holder() == holder:
+                    self.lock_path.unlink(missing_ok=True)
+                    print(f"note: removed the stale lock {self.lock_path} ({where}: no such process)", file=sys.stderr)
+                continue
+            try:
+                os.write(fd, (json.dumps(me) + "\n").encode())
+            except BaseException as err:
+                self.lock_path.unlink(missing_ok=True)
+                _name_file(err, self.lock_path)
+                raise
+            finally:
+                os.close(fd)
+            self._token = me["token"]
+            return self
+        raise OutputLocked(f"{self.path}: could not take {self.lock_path} (other runs keep taking it)")
+
+    def release(self):
+        if self._token is not None and (self._holder() or {}).get("token") == self._token:
+            self.lock_path.unlink(missing_ok=True)
+        self._token = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
