@@ -156,15 +156,14 @@ def rollout_command(checkpoint, dataset, output_dir, project="sdar_sample", *, b
 
 
 def rollout_output(checkpoint, dataset, output_dir, project="sdar_sample"):
-    """Where sdar_sample.py writes (t3d.decode.rollout.output_path, the original's file name)."""
-    from omegaconf import OmegaConf
+    """Where sdar_sample.py writes (RolloutJob.output_path, the original's file name)."""
+    from t3d.common.config import load_config
+    from t3d.decode.settings import RolloutJob
 
-    from t3d.decode.rollout import output_path
-
-    cfg = OmegaConf.create({"experiment": {"output_dir": str(Path(output_dir).resolve()), "project": project},
-                            "evaluation": {"checkpoint_path": str(checkpoint), "eval_dataset": str(dataset),
-                                           "num_node": 1, "node_index": 0}})
-    return output_path(cfg)
+    cfg = load_config([f"config={ROOT / 'configs' / 'sdar_sample.yaml'}", *_overrides({
+        "evaluation.checkpoint_path": checkpoint, "evaluation.eval_dataset": dataset,
+        "experiment.output_dir": Path(output_dir).resolve(), "experiment.project": project})])
+    return RolloutJob.from_config(cfg).output_path
 
 
 def rename_command(rollout_file, output):
@@ -192,8 +191,14 @@ def eval_command(checkpoints, dataset, output_dir, project, *, steps=(4, 2, 1), 
 
 
 def sweep_rows(output_dir, project, dataset):
-    """eval.py's sweep.json rows for a dataset (name or path)."""
-    path = Path(output_dir) / project / "results" / f"sweep-{Path(str(dataset)).stem}" / "sweep.json"
+    """eval.py's sweep.json rows for a dataset (name or path): its newest sweep (results/sweep-<dataset>-<id>/;
+    eval.py marks an unchanged sweep newest too)."""
+    results = Path(output_dir) / project / "results"
+    pattern = re.compile(rf"sweep-{re.escape(Path(str(dataset)).stem)}-[0-9a-f]{{8}}")
+    found = [p for p in results.glob("sweep-*/sweep.json") if pattern.fullmatch(p.parent.name)]
+    if not found:
+        raise FileNotFoundError(f"no sweep of {dataset} under {results}")
+    path = max(found, key=lambda p: p.stat().st_mtime_ns)
     return json.loads(path.read_text(encoding="utf-8"))["rows"], path
 
 

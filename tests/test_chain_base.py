@@ -11,6 +11,7 @@ import models  # noqa: F401  (registers SDAR with the Auto classes)
 from t3d.decode import rollout as ro
 from t3d.model.checkpoint import load_tokenizer, stop_token_ids
 from t3d.decode.decoder import DecodeConfig
+from t3d.decode.settings import RolloutSettings
 from t3d.eval.grading import grade_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_full_step_beats_one_step_by_a_wide_margin_on_validation(chain_base):
     for steps in (8, 1):
         cfg = DecodeConfig(block_size=8, steps_per_block=steps, max_new_tokens=80)
         with torch.no_grad():
-            results, stats = ro.rollout(model, tok, items, data_type="math", decode_cfg=cfg,
+            results, stats = ro.rollout(model, tok, items, RolloutSettings(decode=cfg), data_type="math",
                                         stop_ids=stop_token_ids(tok), progress=False)
         accuracy[steps] = sum(c[0] for c in grade_items(results, "math")) / len(items)
         tokens_per_forward[steps] = ro.summarize(results, stats)["tokens_per_forward"]

@@ -12,7 +12,11 @@ from t3d.common.paths import CHECKOUT as REPO_ROOT
 from t3d.common.config import ConfigError, load_config
 from t3d.decode.decoder import DecodeOutput
 from t3d.common.io import DataError
+from t3d.decode.settings import RolloutJob
 from t3d.eval.evaluate import aup_rows, checkpoint_list, run_eval_job, sweep_settings
+from t3d.eval.layout import result_settings
+from t3d.eval.settings import EvalJob
+from t3d.model.checkpoint import content_fingerprint
 
 MATH = [{"id": f"q{a}", "question": f"What is {a}+{a}?", "ground_truth_answer": str(2 * a)} for a in (1, 2, 3)]
 
@@ -28,6 +32,15 @@ def eval_cfg(tmp_path, ckpt, data, *overrides):
 def write(path, items):
     path.write_text(json.dumps(items))
     return path
+
+
+def weights_id(ckpt):
+    """The checkpoint's part of a result folder's name: the start of its weights fingerprint."""
+    return content_fingerprint(ckpt)["weights"][:8]
+
+
+def data_id(items):
+    return rollout_mod.data_digest(items)[:8]
 
 
 def fake_decoder(tokenizer, answers, nfes):
@@ -57,9 +70,9 @@ def count_setups(monkeypatch):
     calls = []
     real = evaluation.setup
 
-    def counting(cfg):
-        calls.append(str(cfg.evaluation.checkpoint_path))
-        return real(cfg)
+    def counting(path, *args):
+        calls.append(str(path))
+        return real(path, *args)
 
     monkeypatch.setattr(evaluation, "setup", counting)
     return calls
@@ -92,7 +105,8 @@ def test_metrics_of_a_fixed_run_equal_hand_computed_values(tmp_path, tiny_dir, t
     assert m["tokens_per_second"] == pytest.approx(sum(lengths) / m["decode_seconds"])
     assert m["setting"] == "S=1" and m["block_size"] == 4 and m["batch_forwards"] == 7
 
-    run_dir = tmp_path / "out/eval/results" / f"{tiny_dir.name}-toy" / "B4-S1-low_confidence_static-T0.1-len8-k2-seed0"
+    run_dir = (tmp_path / "out/eval/results" / f"{tiny_dir.name}-{weights_id(tiny_dir)}" / f"toy-{data_id(MATH)}"
+               / "B4-S1-low_confidence_static-T0.1-len8-k2-seed0")
     assert m["run_dir"] == str(run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "items.jsonl", "metrics.json", "metrics.md"]
     assert json.loads((run_dir / "metrics.json").read_text()) == m
@@ -124,9 +138,10 @@ def test_sweep_over_checkpoints_and_settings_writes_table_and_plot(tmp_path, tin
         assert {k: v for k, v in by["base", s].items() if "second" not in k and k not in ("checkpoint", "run_dir")} == \
                {k: v for k, v in by["t3d", s].items() if "second" not in k and k not in ("checkpoint", "run_dir")}
     results = tmp_path / "out/eval/results"
-    assert (results / "base-toy/B4-S4-low_confidence_static-T0-len8-k1-seed0/metrics.json").is_file()
-    assert (results / "t3d-toy/B4-S4-low_confidence_dynamic-tau0.5-T0-len8-k1-seed0/items.jsonl").is_file()
-    sweep = results / "sweep-toy"
+    toy = f"toy-{data_id(MATH[:2])}"
+    assert (results / f"base-{weights_id(tiny_dir)}" / toy / "B4-S4-low_confidence_static-T0-len8-k1-seed0/metrics.json").is_file()
+    assert (results / f"t3d-{weights_id(tiny_dir)}" / toy / "B4-S4-low_confidence_dynamic-tau0.5-T0-len8-k1-seed0/items.jsonl").is_file()
+    (sweep,) = results.glob("sweep-toy-*")
     table = (sweep / "sweep.md").read_text().splitlines()
     assert table[0] == "# toy: block size 4" and table[2].startswith("| checkpoint | setting | accuracy |")
     assert len([line for line in table[2:12] if line.startswith("| base") or line.startswith("| t3d")]) == 8
@@ -142,15 +157,18 @@ def test_hub_split_and_column_mapping_key_the_results(tmp_path):
     cfg = eval_cfg(tmp_path, "models/sdar-tiny", "hub:openai/gsm8k", "evaluation.dataset_subset=main",
                    "evaluation.dataset_split=test", "evaluation.dataset_answer_format=gsm8k",
                    "evaluation.dataset_columns.ground_truth_answer=answer")
-    assert evaluation.dataset_name(cfg) == "gsm8k-main-test"  # another split: another result directory
-    assert rollout_mod.output_path(cfg).name == "outputs-eval-sdar-tiny-gsm8k-main-test.json"  # and rollout file
-    settings = evaluation.result_settings(cfg, "hub:openai/gsm8k", "models/sdar-tiny")
+    job = EvalJob.from_config(cfg)
+    assert job.dataset.name == "gsm8k-main-test"  # another split: another result directory
+    assert RolloutJob.from_config(cfg).output_path.name == "outputs-eval-sdar-tiny-gsm8k-main-test.json"  # and rollout file
+    settings = result_settings(job.rollout, job.dataset, job.execute, "hub:openai/gsm8k", "models/sdar-tiny")
     assert settings["evaluation.dataset_split"] == "test" and settings["evaluation.dataset_subset"] == "main"
     assert settings["evaluation.dataset_columns"] == {"ground_truth_answer": "answer"}
     assert settings["evaluation.dataset_answer_format"] == "gsm8k"
     plain = eval_cfg(tmp_path, "models/sdar-tiny", "data/synthetic_math_test.json")
-    assert evaluation.dataset_name(plain) == "synthetic_math_test"
-    assert not any(k.startswith("evaluation.dataset_") for k in evaluation.result_settings(plain, "x", "y"))
+    plain_job = EvalJob.from_config(plain)
+    assert plain_job.dataset.name == "synthetic_math_test"
+    assert not any(k.startswith("evaluation.dataset_") for k in result_settings(
+        plain_job.rollout, plain_job.dataset, plain_job.execute, "x", "y"))
 
 
 def test_aup_per_method_of_a_sweep_equals_hand_computed_values():
@@ -285,7 +303,10 @@ def test_evaluations_of_other_settings_into_one_output_dir_keep_their_results(tm
     assert replaced["settings"]["execute.memory_mb"] == 512 and replaced["run_dir"] == s1["run_dir"]
 
 
-def test_eval_resume_refuses_other_weights_at_the_same_path(tmp_path, tiny_dir, monkeypatch, capsys):
+def test_eval_resume_refuses_another_tokenizer_and_other_weights_get_their_own_folder(tmp_path, tiny_dir, monkeypatch,
+                                                                                       capsys):
+    """Weights name the result folder: other weights at the same path are evaluated beside the earlier (interrupted
+    or finished) result, which is kept; a change the folder name leaves out (the tokenizer) is refused on resume."""
     import shutil
 
     from t3d.model.tiny import build
@@ -307,19 +328,32 @@ def test_eval_resume_refuses_other_weights_at_the_same_path(tmp_path, tiny_dir, 
     with pytest.raises(RuntimeError):
         run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))
     monkeypatch.setattr(rollout_mod, "generate", real_generate)
-    shutil.copy(other / "model.safetensors", ckpt / "model.safetensors")  # other weights, same path and size
     partial = next((tmp_path / "out").rglob("decode.partial.rank0.jsonl"))
-    with pytest.raises(ConfigError, match=f"^{partial}: partial results of an interrupted run were decoded with other "
-                                          rf"weights \(the model files in {ckpt} changed\); pass evaluation.restart=true"):
+    kept = partial.read_bytes()
+    tokenizer_config = ckpt / "tokenizer_config.json"
+    own_tokenizer = tokenizer_config.read_bytes()
+    tokenizer_config.write_text(json.dumps({**json.loads(own_tokenizer), "model_max_length": 4096}))
+    with pytest.raises(ConfigError, match=f"^{partial}: partial results of an interrupted run were decoded with another "
+                                          rf"tokenizer \(the tokenizer files in {ckpt} changed\); pass evaluation.restart=true"):
         run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))
-    restarted = run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1", "evaluation.restart=true"))[0]
+    assert partial.read_bytes() == kept
+    tokenizer_config.write_bytes(own_tokenizer)
+
+    shutil.copy(other / "model.safetensors", ckpt / "model.safetensors")  # other weights, same path and size
+    swapped = run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))[0]
     fresh = run_eval_job(eval_cfg(tmp_path / "fresh", other, data))[0]
-    assert restarted["accuracy"] == fresh["accuracy"] and restarted["mean_nfe"] == fresh["mean_nfe"]
-    assert restarted["inputs"]["weights"] == fresh["inputs"]["weights"]
-    shutil.copy(tiny_dir / "model.safetensors", ckpt / "model.safetensors")  # a finished result, rerun on new weights
+    assert swapped["accuracy"] == fresh["accuracy"] and swapped["mean_nfe"] == fresh["mean_nfe"]
+    assert swapped["inputs"]["weights"] == fresh["inputs"]["weights"]
+    assert partial.read_bytes() == kept and not partial.parent == Path(swapped["run_dir"])  # the other weights' run
+    assert Path(swapped["run_dir"]).parent.parent.name == f"ckpt-{weights_id(other)}"
+    shutil.copy(tiny_dir / "model.safetensors", ckpt / "model.safetensors")  # back: the interrupted run resumes
+    resumed = run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))[0]
+    assert resumed["run_dir"] == str(partial.parent) and not partial.exists()
+    for row in (swapped, resumed):  # both kept, each with its own weights
+        assert json.loads((Path(row["run_dir"]) / "metrics.json").read_text()) == row
     capsys.readouterr()
-    run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))
-    assert f"note: replacing the finished result in {restarted['run_dir']} (accuracy " in capsys.readouterr().err
+    assert run_eval_job(eval_cfg(tmp_path, ckpt, data, "rollout.batch_size=1"))[0] == resumed  # unchanged: reused
+    assert f"S=1: unchanged, finished in {resumed['run_dir']}" in capsys.readouterr().err
 
 
 def test_plot_with_many_methods_moves_the_legend_beside_the_axes(tmp_path):

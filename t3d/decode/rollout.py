@@ -8,29 +8,28 @@ and skipped on rerun. Each partial file starts with a fingerprint of every input
 sequences (weights and tokenizer content, the items decoded, each decoding setting, replicas, seed);
 a rerun whose inputs differ is refused with one line naming what changed, unless
 `evaluation.restart=true` discards the partial files and starts fresh.
+
+The rollout file keeps the original's name; its fingerprint is kept beside it (`<name>.inputs`), so a rerun
+with the same inputs is a no-op, one with other inputs is refused, and `evaluation.restart=true` moves the
+finished file aside (`<name>.previous-<UTC time>`) instead of replacing it. The main process holds
+`<name>.lock` while the job runs: a second run on the same output is refused at once.
 """
 import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from t3d.model.checkpoint import DTYPES
 from t3d.common.config import ConfigError
-from t3d.decode.decoder import STRATEGIES, DecodeConfig, generate, sequence_seeds
+from t3d.common.io import DataError, OutputLock, OutputLocked, append_text, atomic_write_text, move_aside, utc_stamp
+from t3d.decode.decoder import generate, sequence_seeds
+from t3d.decode.settings import RolloutJob, RolloutSettings, check_max_items
+from t3d.model.checkpoint import DTYPES
 from t3d.tasks.answers import extract_answer
-from t3d.tasks.loading import load_records, section_options
-from t3d.common.io import DataError, append_text, atomic_write_text
-from t3d.common.paths import output_root
+from t3d.tasks.loading import load_records
 from t3d.tasks.prompting import DATA_TYPES, build_prompt, encode_prompt
-
-
-def check_max_items(max_items):
-    """`evaluation.max_items`: null = all items, a positive int = the first N; anything else is an error."""
-    if max_items is None or (isinstance(max_items, int) and not isinstance(max_items, bool) and max_items > 0):
-        return max_items
-    raise ConfigError(f"evaluation.max_items must be a positive integer or null (= all items), got {max_items!r}")
 
 
 def load_items(name_or_path, max_items=None, **options):
@@ -42,11 +41,6 @@ def load_items(name_or_path, max_items=None, **options):
         print(f"note: evaluation.max_items={max_items} but {source} has {len(items)} items: using all {len(items)}",
               file=sys.stderr)
     return source, items[:max_items] if max_items else items
-
-
-def dataset_options(evaluation_cfg):
-    """load_items options from the `evaluation:` section (evaluation.dataset_split, ..._columns, ...)."""
-    return section_options(evaluation_cfg, "evaluation.dataset_")
 
 
 def item_error(item, data_type):
@@ -63,90 +57,7 @@ def item_error(item, data_type):
     return None
 
 
-def _check(ok, key, value, expected):
-    if not ok:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-
-
-def number_setting(section, key, kind=int):
-    """section[key] as int/float; null or a non-number (a null override passes the schema) is an error."""
-    value = section[key.rsplit(".", 1)[-1]]
-    kinds = (int, float) if kind is float else (int,)
-    _check(isinstance(value, kinds) and not isinstance(value, bool), key, value,
-           "a number" if kind is float else "an integer")
-    return kind(value)
-
-
-def check_rollout_section(rollout_cfg):
-    """Every `rollout:` value with a valid range; one line naming the key (before anything is loaded)."""
-    r = rollout_cfg
-    for key in ("block_size", "denoising_steps_per_block", "max_token", "num_response_per_task", "max_active"):
-        _check(number_setting(r, f"rollout.{key}") >= 1, f"rollout.{key}", r[key], ">= 1")
-    if r.denoising_steps_per_block > r.block_size:
-        raise ConfigError(f"rollout.denoising_steps_per_block={r.denoising_steps_per_block} exceeds rollout.block_size="
-                          f"{r.block_size}: a block of B tokens is decoded in at most B steps")
-    _check(number_setting(r, "rollout.temperature", float) >= 0, "rollout.temperature", r.temperature, ">= 0 (0 = greedy)")
-    _check(0 < number_setting(r, "rollout.top_p", float) <= 1, "rollout.top_p", r.top_p, "in (0, 1]")
-    _check(number_setting(r, "rollout.top_k") >= 0, "rollout.top_k", r.top_k, ">= 0 (0 = off)")
-    _check(str(r.remasking_strategy) in STRATEGIES, "rollout.remasking_strategy", r.remasking_strategy,
-           f"one of {', '.join(STRATEGIES)}")
-    _check(0 < number_setting(r, "rollout.dynamic_threshold", float) <= 1, "rollout.dynamic_threshold", r.dynamic_threshold,
-           "in (0, 1]")
-    _check(0 <= number_setting(r, "rollout.random_init_ratio", float) < 1, "rollout.random_init_ratio", r.random_init_ratio,
-           "in [0, 1)")
-    _check(r.batch_size is None or number_setting(r, "rollout.batch_size") >= 0, "rollout.batch_size", r.batch_size,
-           ">= 0 (0 = all at once)")
-    number_setting(r, "rollout.seed")
-    _check(str(r.dtype) == "auto" or str(r.dtype) in DTYPES, "rollout.dtype", r.dtype,
-           f"one of auto, {', '.join(DTYPES)}")
-    stops = r.stop_token_list
-    _check(stops is None or all(isinstance(t, str) and t for t in stops), "rollout.stop_token_list", stops,
-           "a list of non-empty strings")
-    if r.tensor_parallel_size != 1:
-        raise ConfigError("rollout.tensor_parallel_size must be 1: every process holds the whole model; "
-                          "scale out with `accelerate launch` (one process per GPU)")
-
-
-def check_job_config(cfg):
-    """Checks shared by sdar_sample.py and eval.py, before any data or model is read."""
-    check_rollout_section(cfg.rollout)
-    ev = cfg.evaluation
-    check_max_items(ev.max_items)
-    _check(str(ev.data_type) in DATA_TYPES, "evaluation.data_type", ev.data_type, f"one of {', '.join(DATA_TYPES)}")
-    _check(number_setting(ev, "evaluation.num_node") >= 1, "evaluation.num_node", ev.num_node, ">= 1")
-    _check(0 <= number_setting(ev, "evaluation.node_index") < ev.num_node, "evaluation.node_index", ev.node_index,
-           f"in [0, num_node={ev.num_node})")
-    _check(isinstance(ev.eval_dataset, str) and ev.eval_dataset.strip(), "evaluation.eval_dataset", ev.eval_dataset,
-           "a dataset name or path")
-    _check(isinstance(cfg.experiment.project, str) and cfg.experiment.project.strip(), "experiment.project",
-           cfg.experiment.project, "a non-empty name")
-
-
-def decode_config(rollout_cfg, **overrides):
-    """DecodeConfig from the `rollout:` section of sdar_sample.yaml / eval.yaml (ConfigError if invalid)."""
-    check_rollout_section(rollout_cfg)
-    try:
-        return _decode_config(rollout_cfg, **overrides)
-    except ValueError as err:
-        raise ConfigError(f"rollout: {err}") from None
-
-
-def _decode_config(rollout_cfg, **overrides):
-    settings = dict(
-        block_size=int(rollout_cfg.block_size),
-        steps_per_block=int(rollout_cfg.denoising_steps_per_block),
-        max_new_tokens=int(rollout_cfg.max_token),
-        temperature=float(rollout_cfg.temperature),
-        top_k=int(rollout_cfg.top_k),
-        top_p=float(rollout_cfg.top_p),
-        strategy=str(rollout_cfg.remasking_strategy),
-        dynamic_threshold=float(rollout_cfg.dynamic_threshold),
-        random_init_ratio=float(rollout_cfg.random_init_ratio),
-    )
-    settings.update(overrides)
-    return DecodeConfig(**settings)
-
-
+# ------------------------------------------------------------------------------------------- fingerprints
 # DecodeConfig field -> the config key a user sets (named in resume refusals)
 _SETTING_KEYS = {"block_size": "rollout.block_size", "steps_per_block": "rollout.denoising_steps_per_block",
                  "max_new_tokens": "rollout.max_token", "temperature": "rollout.temperature", "top_k": "rollout.top_k",
@@ -156,44 +67,68 @@ _SETTING_KEYS = {"block_size": "rollout.block_size", "steps_per_block": "rollout
 RESTART_HINT = "pass evaluation.restart=true to discard them and start fresh"
 
 
-def _digest(obj):
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+def digest(obj, length=16):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:length]
 
 
-def input_fingerprint(model, tokenizer, items, *, checkpoint_path, decode_cfg, num_responses, seed, data_type,
-                      start_with_think, stop_ids, index_offset):
-    """{component: value} of everything that determines the decoded sequences, in the order a change is reported."""
-    from t3d.model.checkpoint import content_fingerprint
+def data_digest(items, index_offset=0):
+    """Content identity of the items decoded (and where they start in the whole dataset)."""
+    return digest({"offset": index_offset, "items": items})
 
-    param = next(model.parameters())
-    inputs = dict(content_fingerprint(checkpoint_path))  # weights (+ model config), tokenizer files
-    inputs["data"] = _digest({"offset": index_offset, "items": items})
-    inputs.update({_SETTING_KEYS[k]: v for k, v in asdict(decode_cfg).items()})
+
+def decode_dtype(settings: RolloutSettings, device):
+    """The torch dtype name the model is loaded in: `auto` = bf16 on CUDA, fp32 elsewhere."""
+    dtype = settings.dtype if settings.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return str(DTYPES[dtype]).removeprefix("torch.")
+
+
+def input_fingerprint(content, tokenizer, items, settings: RolloutSettings, *, data_type, stop_ids, device,
+                      index_offset=0):
+    """{component: value} of everything that determines the decoded sequences, in the order a change is reported.
+    `content`: t3d.model.checkpoint.content_fingerprint of the checkpoint; `device`: the torch device decoded on.
+    Computed before the model is loaded, so a finished job is recognised without loading it."""
+    inputs = dict(content)  # weights (+ model config), tokenizer files
+    inputs["data"] = data_digest(items, index_offset)
+    inputs.update({_SETTING_KEYS[k]: v for k, v in asdict(settings.decode).items()})
     inputs.update({
-        "rollout.num_response_per_task": num_responses, "rollout.seed": seed, "evaluation.data_type": data_type,
-        "rollout.start_with_think": bool(start_with_think), "rollout.stop_token_list": sorted(int(i) for i in stop_ids),
-        "rollout.dtype": str(param.dtype).removeprefix("torch."), "device": param.device.type,
+        "rollout.num_response_per_task": settings.num_responses, "rollout.seed": settings.seed,
+        "evaluation.data_type": data_type, "rollout.start_with_think": bool(settings.start_with_think),
+        "rollout.stop_token_list": sorted(int(i) for i in stop_ids),
+        "rollout.dtype": decode_dtype(settings, device), "device": device.type,
         "mask/pad ids": [tokenizer.mask_token_id, tokenizer.pad_token_id],
     })
     return inputs
 
 
-def _describe_change(old, new, checkpoint_path, data_source):
+def describe_change(old, new, weights, data):
+    """What differs between two fingerprints, one clause per component; `weights`/`data` say it for those two."""
     changed = [key for key in new if old.get(key) != new[key]] + [key for key in old if key not in new]
     what = []
     for key in changed:
         if key == "weights":
-            what.append(f"other weights (the model files in {checkpoint_path} changed)")
+            what.append(f"other weights ({weights})")
         elif key == "tokenizer":
-            what.append(f"another tokenizer (the tokenizer files in {checkpoint_path} changed)")
+            what.append(f"another tokenizer ({weights.replace('model', 'tokenizer')})")
         elif key == "data":
-            what.append(f"other data (the items decoded from {data_source or 'the dataset'} changed)")
+            what.append(f"other data ({data})")
         else:
             what.append(f"{key}={old.get(key)!r} (now {new.get(key)!r})")
     return ", ".join(what)
 
 
-def _read_partial(paths, inputs, *, checkpoint_path, data_source):
+# ------------------------------------------------------------------------------------------------ partials
+@dataclass(frozen=True)
+class Partials:
+    """Where finished sequences are kept (`<prefix>.partial.rank<i>.jsonl`) and the fingerprint they must match."""
+
+    prefix: Path
+    inputs: dict
+    restart: bool = False
+    checkpoint_path: str | None = None  # named in refusals
+    data_source: str | None = None
+
+
+def _read_partial(paths, partials):
     """Finished sequences of earlier runs; ConfigError if a file was decoded from other inputs."""
     done = {}
     for path in paths:
@@ -209,32 +144,33 @@ def _read_partial(paths, inputs, *, checkpoint_path, data_source):
         header = records[0].get("t3d_partial_inputs") if isinstance(records[0], dict) else None
         if header is None:
             raise ConfigError(f"{path}: partial results without an input fingerprint (an older version); {RESTART_HINT}")
-        if header != inputs:
-            raise ConfigError(f"{path}: partial results of an interrupted run were decoded with "
-                              f"{_describe_change(header, inputs, checkpoint_path, data_source)}; {RESTART_HINT}")
+        if header != partials.inputs:
+            change = describe_change(header, partials.inputs, f"the model files in {partials.checkpoint_path} changed",
+                                     f"the items decoded from {partials.data_source or 'the dataset'} changed")
+            raise ConfigError(f"{path}: partial results of an interrupted run were decoded with {change}; {RESTART_HINT}")
         for rec in records[1:]:
             if isinstance(rec, dict) and {"item", "replica", "ids", "steps", "nfe", "prefill", "finished"} <= rec.keys():
                 done[(rec["item"], rec["replica"])] = rec
     return done
 
 
-def _open_partials(partial_prefix, inputs, state, restart, **where):
+def _open_partials(partials, state):
     """Finished sequences to reuse and this process's partial file (its fingerprint header written)."""
-    partial_prefix = Path(partial_prefix)
-    partial_prefix.parent.mkdir(parents=True, exist_ok=True)
-    pattern = partial_prefix.name + ".partial.rank*.jsonl"
-    mine = partial_prefix.parent / f"{partial_prefix.name}.partial.rank{state.process_index}.jsonl"
-    if restart:
+    prefix = Path(partials.prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    pattern = prefix.name + ".partial.rank*.jsonl"
+    mine = prefix.parent / f"{prefix.name}.partial.rank{state.process_index}.jsonl"
+    if partials.restart:
         if state.is_main_process:
-            for old in partial_prefix.parent.glob(pattern):
+            for old in prefix.parent.glob(pattern):
                 old.unlink()
         state.wait_for_everyone()  # nobody writes before the old files are gone
         done = {}
     else:
-        done = _read_partial(sorted(partial_prefix.parent.glob(pattern)), inputs, **where)
+        done = _read_partial(sorted(prefix.parent.glob(pattern)), partials)
         state.wait_for_everyone()  # every process has read the others' files before any appends
-    if restart or not _has_header(mine):  # new or empty (the header is written atomically)
-        atomic_write_text(mine, json.dumps({"t3d_partial_inputs": inputs}) + "\n")
+    if partials.restart or not _has_header(mine):  # new or empty (the header is written atomically)
+        atomic_write_text(mine, json.dumps({"t3d_partial_inputs": partials.inputs}) + "\n")
     return done, mine
 
 
@@ -248,30 +184,36 @@ def _has_header(path):
         return False
 
 
-def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num_responses=1, seed=0,
-            batch_size=0, start_with_think=False, stop_ids=(), partial_prefix=None, state=None,
-            progress=True, checkpoint_path=None, index_offset=0, restart=False, data_source=None):
-    """Decode `num_responses` replicas of every item. Returns (results, stats) on the main process.
+def remove_partials(prefix):
+    prefix = Path(prefix)
+    for partial in prefix.parent.glob(prefix.name + ".partial.rank*.jsonl"):
+        partial.unlink()
+
+
+# ------------------------------------------------------------------------------------------------- decoding
+def rollout(model, tokenizer, items, settings: RolloutSettings, *, data_type, stop_ids=(), state=None,
+            partials: Partials | None = None, index_offset=0, progress=True):
+    """Decode `settings.num_responses` replicas of every item. Returns (results, stats) on the main process.
 
     results: the input items, each extended with prompt, full_output, response_ids, step_map,
     extracted_output, response_length, nfe, finished (lists over replicas); an item that cannot be
     decoded keeps its fields plus `error`, and the others are unaffected. Other processes get (None, stats).
     `index_offset` is the position of items[0] in the whole dataset (node sharding): sequence seeds
-    derive from global indices, so shards merged equal one run. With `partial_prefix`, finished
-    sequences go to `<prefix>.partial.rank<i>.jsonl` and a rerun reuses them only if every input is
-    unchanged (`checkpoint_path` names the weights; ConfigError otherwise, unless `restart`).
+    derive from global indices, so shards merged equal one run. With `partials`, finished sequences go to
+    `<prefix>.partial.rank<i>.jsonl` and a rerun reuses them only if every input is unchanged.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     state = state or PartialState()
+    decode_cfg, num_responses = settings.decode, settings.num_responses
     max_pos = getattr(model.config, "max_position_embeddings", None)
     prompts, errors = {}, {}
     for i, item in enumerate(items):
         err = item_error(item, data_type)
         if err is None:
-            text = build_prompt(tokenizer, item, data_type, start_with_think)
+            text = build_prompt(tokenizer, item, data_type, settings.start_with_think)
             ids = encode_prompt(tokenizer, text)
             if max_pos and len(ids) + decode_cfg.max_new_tokens > max_pos:
                 err = f"prompt of {len(ids)} tokens + max_token {decode_cfg.max_new_tokens} exceeds the model's context {max_pos}"
@@ -280,20 +222,14 @@ def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num
         if err is not None:
             errors[i] = f"item {i}: {err}"
 
-    done, inputs = {}, None
-    partial_file = None
-    if partial_prefix is not None:
-        inputs = input_fingerprint(
-            model, tokenizer, items, checkpoint_path=checkpoint_path, decode_cfg=decode_cfg,
-            num_responses=num_responses, seed=seed, data_type=data_type, start_with_think=start_with_think,
-            stop_ids=stop_ids, index_offset=index_offset)
-        done, partial_file = _open_partials(partial_prefix, inputs, state, restart,
-                                            checkpoint_path=checkpoint_path, data_source=data_source)
+    done, partial_file = {}, None
+    if partials is not None:
+        done, partial_file = _open_partials(partials, state)
 
     jobs = [(i, r) for i in prompts for r in range(num_responses) if (i, r) not in done]
     jobs.sort(key=lambda job: len(prompts[job[0]][1]))  # similar lengths share a batch: less padding
     mine = jobs[state.process_index::state.num_processes]
-    step = batch_size if batch_size and batch_size > 0 else max(len(mine), 1)
+    step = min(settings.chunk_size, max(len(mine), 1))
     results = []
     started = time.perf_counter()
     forwards = 0
@@ -303,7 +239,8 @@ def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num
         out = generate(
             model, [prompts[i][1] for i, _ in chunk], decode_cfg,
             mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id, stop_ids=stop_ids,
-            seeds=sequence_seeds(seed, [(index_offset + i) * num_responses + r for i, r in chunk]), vocab_for_random=len(tokenizer),
+            seeds=sequence_seeds(settings.seed, [(index_offset + i) * num_responses + r for i, r in chunk]),
+            vocab_for_random=len(tokenizer),
         )
         forwards += out.batch_forwards
         new = [
@@ -322,7 +259,7 @@ def rollout(model, tokenizer, items, *, data_type, decode_cfg: DecodeConfig, num
 
     gathered = gather_object([results]) if state.num_processes > 1 else [results]
     stats = {"seconds": elapsed, "batch_forwards": forwards, "processes": state.num_processes,
-             "inputs": inputs}
+             "inputs": partials.inputs if partials else None}
     if not state.is_main_process:
         return None, stats
     for part in gathered:
@@ -388,97 +325,159 @@ def shard(items, num_node, node_index):
     return lo, items[lo:hi]
 
 
-def dataset_name(cfg):
-    """Output name of the `evaluation:` section's dataset: its file stem, plus the hub subset and split when
-    chosen (hub:openai/gsm8k with subset main, split test -> gsm8k-main-test), so two splits never share a file."""
-    ev = cfg.evaluation
-    parts = [Path(str(ev.eval_dataset)).stem] + [str(v) for v in (ev.get("dataset_subset"), ev.get("dataset_split"))
-                                                  if v not in (None, "")]
-    return "-".join(parts)
-
-
-def output_path(cfg):
-    """<output_dir>/<project>/temp_data/outputs[-<node>]-eval-<checkpoint>-<dataset>.json (the original's name)."""
-    base = Path(cfg.experiment.output_dir) if cfg.experiment.output_dir else output_root()
-    ckpt = Path(str(cfg.evaluation.checkpoint_path).rstrip("/")).name
-    dataset = dataset_name(cfg)
-    node = f"-{cfg.evaluation.node_index}" if cfg.evaluation.num_node > 1 else ""
-    return base / cfg.experiment.project / "temp_data" / f"outputs{node}-eval-{ckpt}-{dataset}.json"
-
-
-def setup(cfg):
-    """Model, tokenizer and stop ids for the `rollout:`/`evaluation:` sections (shared with eval.py)."""
+# ------------------------------------------------------------------------------------------ loading, locks
+def make_state():
+    """The accelerate process state (cpu=True without CUDA: else a CPU `accelerate launch` rank can come up alone
+    instead of joining gloo)."""
     import torch
-
     from accelerate import PartialState
 
-    from t3d.model.checkpoint import load, stop_token_ids
+    return PartialState(cpu=not torch.cuda.is_available())
 
-    check_rollout_section(cfg.rollout)
 
-    # cpu=True: without it a CPU `accelerate launch` rank can come up alone instead of joining gloo
-    state = PartialState(cpu=not torch.cuda.is_available())
-    dtype = str(cfg.rollout.dtype)
-    if dtype == "auto":
-        dtype = "bf16" if state.device.type == "cuda" else "fp32"
-    model, tokenizer, path = load(cfg.evaluation.checkpoint_path, dtype=dtype, device=state.device)
+def stop_ids_for(tokenizer, settings: RolloutSettings):
+    """The tokenizer's stop ids plus rollout.stop_token_list (each must be one token)."""
+    from t3d.model.checkpoint import stop_token_ids
+
     stop_ids = stop_token_ids(tokenizer)
-    for text in cfg.rollout.stop_token_list or []:
+    for text in settings.stop_strings:
         ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise ConfigError(f"rollout.stop_token_list entry {text!r} is {len(ids)} tokens; stop strings must be one token")
         stop_ids.append(ids[0])
+    return stop_ids
+
+
+def setup(checkpoint_path, settings: RolloutSettings, state):
+    """Model (in the settings' dtype, on the state's device), tokenizer and stop ids of a resolved checkpoint."""
+    import warnings
+
+    import torch
+
+    from t3d.model.checkpoint import load
+
+    dtype = settings.dtype if settings.dtype != "auto" else ("bf16" if state.device.type == "cuda" else "fp32")
+    model, tokenizer, _ = load(checkpoint_path, dtype=dtype, device=state.device)
+    stop_ids = stop_ids_for(tokenizer, settings)
     trained_b = getattr(model.config, "block_size", None)
-    if trained_b is not None and int(trained_b) != int(cfg.rollout.block_size):
-        import warnings
-
-        warnings.warn(f"rollout.block_size={cfg.rollout.block_size} differs from the block size the model was "
+    if trained_b is not None and int(trained_b) != settings.decode.block_size:
+        warnings.warn(f"rollout.block_size={settings.decode.block_size} differs from the block size the model was "
                       f"trained with ({trained_b}, config.json 'block_size'); quality will suffer", stacklevel=2)
-    torch.manual_seed(int(cfg.rollout.seed))
-    return state, model, tokenizer, path, stop_ids
+    torch.manual_seed(settings.seed)
+    return model, tokenizer, stop_ids
 
 
-def check_checkpoint_path(value, key="evaluation.checkpoint_path"):
-    """A non-empty path or hub id (an empty value would otherwise mean the embedded default)."""
-    if not isinstance(value, str) or not value.strip() or value.strip() in ("null", "None"):
-        raise ConfigError(f"{key} must be a checkpoint directory or hub id, got {value!r}")
-    return value
+@contextmanager
+def main_process_locks(paths, state):
+    """Lock every output path for the job's lifetime (t3d.common.io.OutputLock). Only the main process takes the
+    locks; under `accelerate launch` a refusal is sent to every process, so all of them stop with the same line."""
+    held, refusal = [], None
+    if state.is_main_process:
+        try:
+            for path in sorted(set(map(Path, paths))):
+                held.append(OutputLock(path).acquire())
+        except OutputLocked as err:
+            refusal = str(err)
+            for lock in held:
+                lock.release()
+            held = []
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise OutputLocked(refusal)
+    try:
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
+# ------------------------------------------------------------------------------------------------- the job
+def inputs_file(out_path):
+    """Where a finished rollout's fingerprint is kept (not *.json: `outputs-*.json` globs find rollouts only)."""
+    return out_path.with_name(out_path.name + ".inputs")
+
+
+def config_file(out_path):
+    return out_path.with_name(out_path.stem + ".config.yaml")
+
+
+def finished_rollout(out_path, record, job, state, checkpoint_path, data_source):
+    """True if `out_path` is finished with exactly these inputs (the rerun is a no-op). A finished file of other
+    inputs is refused in one line; with evaluation.restart=true it is moved aside (with its fingerprint and
+    config) and False is returned."""
+    if not out_path.is_file():
+        return False
+    if job.restart:
+        if state.is_main_process:
+            stamp = utc_stamp()
+            for path in (out_path, inputs_file(out_path), config_file(out_path)):
+                if path.exists():
+                    moved = move_aside(path, stamp)
+                    if path == out_path:
+                        print(f"note: evaluation.restart=true: moved the finished {out_path.name} to {moved}",
+                              file=sys.stderr)
+        state.wait_for_everyone()
+        return False
+    try:
+        old = json.loads(inputs_file(out_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if old == record:
+        return True
+    hint = "pass evaluation.restart=true to move it aside and decode again"
+    if not isinstance(old, dict):
+        raise ConfigError(f"{out_path} holds a finished rollout without recorded inputs (an older version, or "
+                          f"written by hand); {hint}")
+    change = describe_change(old, record, f"than those in {checkpoint_path}", f"than the items of {data_source}")
+    raise ConfigError(f"{out_path} holds a finished rollout decoded with {change}; {hint}")
 
 
 def run_rollout_job(cfg):
     """sdar_sample.py: decode the (sharded) dataset and write the rollout file. Returns its path."""
-    from t3d.model.checkpoint import check_checkpoint, resolve_checkpoint
-    from t3d.common.config import save_config
-    from t3d.common.io import atomic_write_json, check_output_dir
+    return run_rollout(RolloutJob.from_config(cfg))
 
-    check_job_config(cfg)
-    check_checkpoint_path(cfg.evaluation.checkpoint_path)
-    decode_cfg = decode_config(cfg.rollout)
-    out_path = output_path(cfg)
+
+def run_rollout(job: RolloutJob):
+    """Decode the job's shard and write the rollout file (None off the main process); a no-op if it is finished."""
+    from t3d.common.io import atomic_write_json, check_output_dir
+    from t3d.model.checkpoint import check_checkpoint, content_fingerprint, load_tokenizer, resolve_checkpoint
+
+    out_path = job.output_path
     check_output_dir(out_path.parent, "experiment.output_dir")
-    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items,
-                                  **dataset_options(cfg.evaluation))
-    offset, items = shard(items, int(cfg.evaluation.num_node), int(cfg.evaluation.node_index))
-    check_checkpoint(resolve_checkpoint(cfg.evaluation.checkpoint_path))  # before the accelerate state exists
-    state, model, tokenizer, ckpt, stop_ids = setup(cfg)
-    results, stats = rollout(
-        model, tokenizer, items, data_type=str(cfg.evaluation.data_type), decode_cfg=decode_cfg,
-        num_responses=int(cfg.rollout.num_response_per_task), seed=int(cfg.rollout.seed),
-        batch_size=min(int(cfg.rollout.batch_size or 0) or 10**9, int(cfg.rollout.max_active)),
-        start_with_think=bool(cfg.rollout.start_with_think), stop_ids=stop_ids, partial_prefix=out_path,
-        state=state, checkpoint_path=ckpt, index_offset=offset, restart=bool(cfg.evaluation.restart),
-        data_source=data_file,
-    )
-    if not state.is_main_process:
-        return None
-    if not cfg.evaluation.output_unmasking_history:
-        for item in results:
-            if "step_map" in item:
-                item["step_map"] = [[] for _ in item["step_map"]]
-    atomic_write_json(out_path, results)
-    save_config(cfg, out_path.parent, out_path.stem + ".config.yaml")
-    for partial in out_path.parent.glob(out_path.name + ".partial.rank*.jsonl"):
-        partial.unlink()
+    data_file, items = job.dataset.load()
+    offset, items = shard(job.dataset.first(data_file, items), job.num_node, job.node_index)
+    ckpt = resolve_checkpoint(job.checkpoint)
+    check_checkpoint(ckpt)  # before the accelerate state exists
+    state = make_state()
+    tokenizer = load_tokenizer(ckpt)
+    stop_ids = stop_ids_for(tokenizer, job.rollout)
+    inputs = input_fingerprint(content_fingerprint(ckpt), tokenizer, items, job.rollout, data_type=job.dataset.data_type,
+                               stop_ids=stop_ids, device=state.device, index_offset=offset)
+    record = {**inputs, "evaluation.output_unmasking_history": job.keep_step_maps}
+    with main_process_locks([out_path], state):
+        if finished_rollout(out_path, record, job, state, ckpt, data_file):
+            if state.is_main_process:
+                print(f"{out_path} is finished with the same inputs: nothing to do (evaluation.restart=true decodes "
+                      "it again)")
+            return out_path if state.is_main_process else None
+        model, tokenizer, stop_ids = setup(ckpt, job.rollout, state)
+        partials = Partials(out_path, inputs, job.restart, ckpt, data_file)
+        results, stats = rollout(model, tokenizer, items, job.rollout, data_type=job.dataset.data_type,
+                                 stop_ids=stop_ids, state=state, partials=partials, index_offset=offset)
+        if not state.is_main_process:
+            return None
+        if not job.keep_step_maps:
+            for item in results:
+                if "step_map" in item:
+                    item["step_map"] = [[] for _ in item["step_map"]]
+        # the fingerprint first: a crash before the rollout file leaves a resumable run, never an unmarked file
+        atomic_write_json(inputs_file(out_path), record)
+        atomic_write_text(config_file(out_path), job.config_yaml())
+        atomic_write_json(out_path, results)
+        remove_partials(out_path)
     summary = summarize(results, stats)
     for item in results:
         if "error" in item:

@@ -1,20 +1,18 @@
 """Few-step evaluation: decode with the shared rollout, grade, report accuracy beside decoding cost.
 
-One run evaluates every (checkpoint x decoding setting) of the config, loading each checkpoint once.
-Per evaluation it writes <output_dir>/<project>/results/<checkpoint>-<dataset>/<settings>/ with
-metrics.json, metrics.md, items.jsonl (one line per replica) and config.yaml (the resolved config of that
-evaluation); <settings> names every setting that changes the result (e.g. B4-S1-low_confidence_static-T0.1-
-len64-k1-seed0), so evaluations of other settings never replace each other; a finished result is only
-replaced by a rerun of the same settings (said on stderr when its weights or data changed). With more than one evaluation it also writes results/sweep-<dataset>/ with sweep.json,
-sweep.md and sweep.png (accuracy against tokens per forward, one line per checkpoint, with each method's AUP).
-Under `accelerate launch` decoding is split across processes; grading and writing happen on the main one.
+One run evaluates every (checkpoint x decoding setting) of an EvalJob (t3d.eval.settings), loading each checkpoint
+once, and only if one of its evaluations is not finished yet. Per evaluation it writes metrics.json, metrics.md,
+items.jsonl (one line per replica) and config.yaml (the resolved config of that evaluation) to
+results/<checkpoint>-<weights id>/<dataset>-<data id>/<settings>/ (t3d.eval.layout: folders never collide, and a
+finished result is reused, refused or, with evaluation.restart=true, moved aside; never replaced). With more than
+one evaluation it also writes results/sweep-<dataset>-<members id>/ with sweep.json, sweep.md and sweep.png
+(accuracy against tokens per forward, one line per checkpoint, with each method's AUP). The main process locks
+every result folder for the run. Under `accelerate launch` decoding is split across processes; grading and
+writing happen on the main one.
 """
-import copy
 import gc
-import hashlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -22,115 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from t3d.common.io import (DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir,
+                           move_aside)
+from t3d.decode.rollout import (Partials, data_digest, input_fingerprint, item_error, main_process_locks, make_state,
+                                rollout, setup, summarize)
 from t3d.eval import sandbox
 from t3d.eval.aup import aup
-from t3d.common.paths import output_root
-from t3d.model.checkpoint import check_checkpoint, resolve_checkpoint
-from t3d.common.config import ConfigError, save_config
 from t3d.eval.grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
-from t3d.common.io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir
+from t3d.eval.layout import finished_result, read_json, result_dir, result_settings, sweep_dir
+from t3d.eval.settings import DYNAMIC, EvalJob, Setting, checkpoint_list, sweep_settings  # noqa: F401  (API)
+from t3d.model.checkpoint import check_checkpoint, content_fingerprint, resolve_checkpoint
 from t3d.tasks.prompting import DATA_TYPES
-from t3d.decode.rollout import (number_setting, check_checkpoint_path, check_job_config, dataset_name, decode_config, item_error,
-                      load_items, dataset_options, rollout, setup, summarize)
-
-DYNAMIC = "low_confidence_dynamic"
-
-
-# ------------------------------------------------------------------------------------------------ settings
-@dataclass(frozen=True)
-class Setting:
-    """One decoding setting of a sweep: S steps per block, strategy, threshold; `kind` says what is swept."""
-
-    steps: int
-    strategy: str
-    threshold: float
-    kind: str = "steps"  # "steps" (a denoising_steps value) or "threshold" (a dynamic_thresholds value)
-
-    @property
-    def label(self):
-        if self.kind == "threshold":
-            return f"τ={self.threshold:g}"
-        return f"S={self.steps}" + (f" τ={self.threshold:g}" if self.strategy == DYNAMIC else "")
-
-
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _number_list(value, key, cast):
-    value = _plain(value)
-    if value is None:
-        return None
-    kinds = (int,) if cast is int else (int, float)
-    if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, kinds) for v in value):
-        what = "integers (e.g. [4, 2, 1])" if cast is int else "numbers (e.g. [0.95, 0.9])"
-        raise ConfigError(f"{key} must be a non-empty list of {what} or null, got {value!r}")
-    return [cast(v) for v in value]
-
-
-def sweep_settings(cfg):
-    """The settings of this run, in config order, duplicates removed."""
-    rollout_cfg = cfg.rollout
-    strategy, tau = str(rollout_cfg.remasking_strategy), float(rollout_cfg.dynamic_threshold)
-    steps = _number_list(cfg.sweep.denoising_steps, "sweep.denoising_steps", int)
-    thresholds = _number_list(cfg.sweep.dynamic_thresholds, "sweep.dynamic_thresholds", float) or []
-    if steps is not None and any(not 1 <= s <= int(rollout_cfg.block_size) for s in steps):
-        raise ConfigError(f"sweep.denoising_steps must lie in [1, rollout.block_size={rollout_cfg.block_size}], got {steps}")
-    if any(not 0 < t <= 1 for t in thresholds):
-        raise ConfigError(f"sweep.dynamic_thresholds must lie in (0, 1], got {thresholds}")
-    out = [Setting(s, strategy, tau) for s in (steps or [int(rollout_cfg.denoising_steps_per_block)])]
-    # The dynamic rule unmasks at least the static schedule's count, so S = B means "one or more per step".
-    out += [Setting(int(rollout_cfg.block_size), DYNAMIC, t, "threshold") for t in thresholds]
-    return list(dict.fromkeys(out))
-
-
-def _label_of(path):
-    name = Path(str(path).rstrip("/")).name or str(path)
-    return re.sub(r"[^\w.+=-]", "_", name)
-
-
-def checkpoint_list(cfg):
-    """[(label, path)] from sweep.checkpoints, else evaluation.checkpoint_path (a string or a list)."""
-    spec = _plain(cfg.sweep.checkpoints)
-    key = "sweep.checkpoints"
-    if spec is None:
-        spec, key = _plain(cfg.evaluation.checkpoint_path), "evaluation.checkpoint_path"
-    entries = []
-    if isinstance(spec, dict):
-        entries = [(str(label), path) for label, path in spec.items()]
-    elif isinstance(spec, (list, str)) or spec is None:
-        for entry in spec if isinstance(spec, list) else [spec]:
-            if isinstance(entry, dict) and set(entry) == {"label", "path"}:
-                entries.append((str(entry["label"]), entry["path"]))
-            elif isinstance(entry, str) and "=" in entry:
-                label, path = entry.split("=", 1)
-                entries.append((label.strip(), path.strip()))
-            elif isinstance(entry, str) or entry is None:
-                entries.append((None, entry))
-            else:
-                raise ConfigError(f"{key}: entry {entry!r} is not a path, 'label=path' or {{label:, path:}}")
-    else:
-        raise ConfigError(f"{key} must be a path, a list of paths or a mapping label -> path, got {spec!r}")
-    if not entries:
-        raise ConfigError(f"{key} is empty")
-    for label, path in entries:  # an empty path would silently evaluate the embedded default
-        check_checkpoint_path(path, f"{key}" + (f" entry '{label}'" if label else ""))
-    out = [(_label_of(label if label else path), path) for label, path in entries]
-    labels = [label for label, _ in out]
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise ConfigError(f"{key}: several checkpoints are named {duplicates[0]!r}; label them "
-                          f"(sweep.checkpoints=[base=path1,t3d=path2])")
-    return out
-
-
-def _with(cfg, **dotted):
-    out = copy.deepcopy(cfg)
-    for key, value in dotted.items():
-        OmegaConf.update(out, key, value, merge=False)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- dataset
@@ -339,234 +240,172 @@ def plot_sweep(rows, path, title, scores=()):
 
 
 # --------------------------------------------------------------------------------------------------- runs
-def results_root(cfg):
-    base = Path(cfg.experiment.output_dir) if cfg.experiment.output_dir else output_root()
-    return base / str(cfg.experiment.project) / "results"
+@dataclass(frozen=True)
+class Run:
+    """One (checkpoint, setting) evaluation of a job."""
+
+    label: str
+    path: str  # as given
+    resolved: str  # the checkpoint directory
+    setting: Setting
+    run_dir: Path
+    settings: dict  # result_settings
+    inputs: dict  # weights, tokenizer and data fingerprints
 
 
-_NOT_RESULT_KEYS = ("max_active", "batch_size", "num_task_per_step", "tensor_parallel_size")  # batching only
+def plan_runs(job: EvalJob, data_file, all_items, items):
+    """Every Run of the job, checkpoint by checkpoint, with its result folder and recorded settings."""
+    runs, data = [], data_digest(items)
+    for label, path in job.checkpoints:
+        resolved = resolve_checkpoint(path)
+        check_checkpoint(resolved)
+        content = content_fingerprint(resolved)
+        for setting in job.settings:
+            rollout_settings = job.rollout_for(setting)
+            runs.append(Run(label, path, resolved, setting,
+                            result_dir(job.results_root, label, content, job.dataset, all_items, rollout_settings),
+                            result_settings(rollout_settings, job.dataset, job.execute, data_file, resolved),
+                            {"weights": content["weights"], "tokenizer": content["tokenizer"], "data": data}))
+    return runs
 
 
-def result_settings(cfg, data_file, ckpt_path):
-    """Every setting that changes an evaluation's numbers, as {config key: value} (recorded in metrics.json)."""
-    r = cfg.rollout
-    out = {f"rollout.{key}": _plain(r[key]) for key in r if key not in _NOT_RESULT_KEYS}
-    if str(r.remasking_strategy) != DYNAMIC:
-        del out["rollout.dynamic_threshold"]  # unused by the static rule
-    out.update({
-        "evaluation.checkpoint_path": str(ckpt_path), "evaluation.eval_dataset": str(data_file),
-        "evaluation.data_type": str(cfg.evaluation.data_type), "evaluation.max_items": cfg.evaluation.max_items,
-        "execute.test_time_limit": _plain(cfg.execute.test_time_limit), "execute.memory_mb": int(cfg.execute.memory_mb),
-    })
-    for key in ("dataset_split", "dataset_subset", "dataset_columns", "dataset_answer_format"):  # what the items are
-        if cfg.evaluation.get(key) is not None:
-            out[f"evaluation.{key}"] = _plain(cfg.evaluation[key])
-    return out
-
-
-def run_name(cfg):
-    """Readable directory name of an evaluation's settings, e.g. B4-S1-low_confidence_static-T0.1-len64-k1-seed0
-    (top-k, top-p, max_items, random init, think, dtype and stop strings appear only when set)."""
-    r = cfg.rollout
-    parts = [f"B{r.block_size}", f"S{r.denoising_steps_per_block}", str(r.remasking_strategy)]
-    if str(r.remasking_strategy) == DYNAMIC:
-        parts.append(f"tau{float(r.dynamic_threshold):g}")
-    parts.append(f"T{float(r.temperature):g}")
-    if int(r.top_k):
-        parts.append(f"topk{r.top_k}")
-    if float(r.top_p) < 1:
-        parts.append(f"topp{float(r.top_p):g}")
-    parts += [f"len{r.max_token}", f"k{r.num_response_per_task}", f"seed{r.seed}"]
-    if cfg.evaluation.max_items:
-        parts.append(f"first{cfg.evaluation.max_items}")
-    if float(r.random_init_ratio):
-        parts.append(f"rinit{float(r.random_init_ratio):g}")
-    if r.start_with_think:
-        parts.append("think")
-    if str(r.dtype) != "auto":
-        parts.append(str(r.dtype))
-    if r.stop_token_list:
-        parts.append("stop" + hashlib.sha256("\0".join(map(str, r.stop_token_list)).encode()).hexdigest()[:6])
-    return "-".join(parts)
-
-
-def _finished(run_dir):
-    try:
-        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def check_finished(run_dir, settings, restart):
-    """Refuse to replace a finished result of other settings (unless restart); the same settings rerun."""
-    if restart or not (run_dir / "metrics.json").is_file():
-        return
-    old = (_finished(run_dir) or {}).get("settings")
-    if old == settings:
-        return
-    if not isinstance(old, dict):
-        what = "a result without recorded settings"
-    else:
-        keys = [k for k in settings if old.get(k) != settings[k]] + [k for k in old if k not in settings]
-        what = "a result of other settings: " + ", ".join(f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in keys)
-    raise ConfigError(f"{run_dir}/metrics.json holds {what}; choose another experiment.project or output_dir, "
-                      "or pass evaluation.restart=true to replace it")
-
-
-def evaluate(cfg, state, model, tokenizer, stop_ids, items, *, label, setting, ckpt_path, run_dir, load_seconds=0.0,
-             data_file=None):
+def evaluate(job: EvalJob, run: Run, state, model, tokenizer, stop_ids, items, *, load_seconds=0.0, data_file=None):
     """Decode, grade and write one (checkpoint, setting) evaluation. Returns its metrics (None off-main)."""
-    data_type = str(cfg.evaluation.data_type)
-    k = int(cfg.rollout.num_response_per_task)
+    data_type, settings = job.dataset.data_type, job.rollout_for(run.setting)
+    k = settings.num_responses
+    inputs = input_fingerprint(run.inputs, tokenizer, items, settings, data_type=data_type, stop_ids=stop_ids,
+                               device=state.device)
     started = time.perf_counter()
-    results, stats = rollout(
-        model, tokenizer, items, data_type=data_type, decode_cfg=decode_config(cfg.rollout),
-        num_responses=k, seed=int(cfg.rollout.seed),
-        batch_size=min(int(cfg.rollout.batch_size or 0) or 10**9, int(cfg.rollout.max_active)),
-        start_with_think=bool(cfg.rollout.start_with_think), stop_ids=stop_ids,
-        partial_prefix=run_dir / "decode", state=state, checkpoint_path=str(ckpt_path),
-        restart=bool(cfg.evaluation.restart), data_source=data_file,
-    )
+    results, stats = rollout(model, tokenizer, items, settings, data_type=data_type, stop_ids=stop_ids, state=state,
+                             partials=Partials(run.run_dir / "decode", inputs, job.restart, run.resolved, data_file))
     decode_seconds = time.perf_counter() - started
     if results is None:
         return None
     graded_at = time.perf_counter()
     decoded = [item for item in results if "error" not in item]
-    marks = iter(grade_items(decoded, data_type, timeout=cfg.execute.test_time_limit,
-                             memory_mb=int(cfg.execute.memory_mb), workers=int(cfg.execute.num_chunk) or None))
+    marks = iter(grade_items(decoded, data_type, timeout=job.execute.test_time_limit, memory_mb=job.execute.memory_mb,
+                             workers=job.execute.num_chunk or None))
     correct = [[False] * k if "error" in item else next(marks) for item in results]
     grade_seconds = time.perf_counter() - graded_at
     for item in results:
         if "error" in item:
-            print(f"{cfg.evaluation.eval_dataset}: {item['error']} (counted wrong)", file=sys.stderr)
+            print(f"{job.dataset.spec}: {item['error']} (counted wrong)", file=sys.stderr)
 
+    d, setting = settings.decode, run.setting
     metrics = {
-        "checkpoint": label, "checkpoint_path": str(ckpt_path), "dataset": dataset_name(cfg),
+        "checkpoint": run.label, "checkpoint_path": run.resolved, "dataset": job.dataset.name,
         "data_type": data_type, "setting": setting.label, "sweep_kind": setting.kind,
-        "block_size": int(cfg.rollout.block_size), "denoising_steps_per_block": setting.steps,
+        "block_size": d.block_size, "denoising_steps_per_block": setting.steps,
         "remasking_strategy": setting.strategy, "dynamic_threshold": setting.threshold,
-        "temperature": float(cfg.rollout.temperature), "max_token": int(cfg.rollout.max_token),
-        "num_response_per_task": k, "seed": int(cfg.rollout.seed), "max_items": cfg.evaluation.max_items,
+        "temperature": d.temperature, "max_token": d.max_new_tokens,
+        "num_response_per_task": k, "seed": settings.seed, "max_items": job.dataset.max_items,
     }
     metrics.update(compute_metrics(results, correct, {**stats, "seconds": decode_seconds}, k, data_type))
     metrics["grade_seconds"] = grade_seconds
     metrics["wall_seconds"] = decode_seconds + grade_seconds
     metrics["load_seconds"] = load_seconds  # once per checkpoint, shared by its settings
-    metrics["run_dir"] = str(run_dir)
-    metrics["settings"] = result_settings(cfg, data_file, ckpt_path)
-    metrics["inputs"] = {key: stats["inputs"][key] for key in ("weights", "tokenizer", "data")}
+    metrics["run_dir"] = str(run.run_dir)
+    metrics["settings"] = run.settings
+    metrics["inputs"] = run.inputs
     if data_type == "code":  # how the generated code was confined (README: code sandbox)
         metrics["sandbox"] = sandbox.isolation()
 
-    old = _finished(run_dir)
-    if old and old.get("inputs") not in (None, metrics["inputs"]):
-        changed = [key for key in metrics["inputs"] if old["inputs"].get(key) != metrics["inputs"][key]]
-        print(f"note: replacing the finished result in {run_dir} (accuracy {old.get('accuracy')}): its "
-              f"{' and '.join(changed)} changed since", file=sys.stderr)
-    atomic_write_jsonl(run_dir / "items.jsonl",
-                       item_records(results, correct, data_type, bool(cfg.evaluation.output_unmasking_history)))
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "metrics.md", metrics_markdown(metrics))
-    save_config(cfg, run_dir)
-    for partial in run_dir.glob("decode.partial.rank*.jsonl"):
+    atomic_write_jsonl(run.run_dir / "items.jsonl", item_records(results, correct, data_type, job.keep_step_maps))
+    atomic_write_text(run.run_dir / "metrics.md", metrics_markdown(metrics))
+    atomic_write_text(run.run_dir / "config.yaml", job.config_yaml(setting, run.path))
+    atomic_write_json(run.run_dir / "metrics.json", metrics)  # last: a result is finished once it has metrics.json
+    for partial in run.run_dir.glob("decode.partial.rank*.jsonl"):
         partial.unlink()
-    print(f"{label} {setting.label}: accuracy {metrics['accuracy']:.4f}, tokens/forward "
-          f"{metrics['tokens_per_forward']:.3f} -> {run_dir}", file=sys.stderr)
+    print(f"{run.label} {setting.label}: accuracy {metrics['accuracy']:.4f}, tokens/forward "
+          f"{metrics['tokens_per_forward']:.3f} -> {run.run_dir}", file=sys.stderr)
     return metrics
 
 
-def _check_config(cfg):
-    if str(cfg.model_base) != "sdar":
-        raise ConfigError(f"model_base '{cfg.model_base}' is not supported: eval.py evaluates SDAR block-diffusion models")
-    if int(cfg.evaluation.num_node) != 1 or int(cfg.evaluation.node_index) != 0:
-        raise ConfigError("evaluation.num_node must be 1 for eval.py (metrics need the whole dataset); "
-                          "scale out with `accelerate launch` instead")
-    check_job_config(cfg)
-    ex = cfg.execute
-    if number_setting(ex, "execute.num_chunk") < 0:
-        raise ConfigError(f"execute.num_chunk must be >= 0 (0 = one per CPU core), got {ex.num_chunk}")
-    if number_setting(ex, "execute.memory_mb") < 1:
-        raise ConfigError(f"execute.memory_mb must be >= 1, got {ex.memory_mb}")
-    limit = ex.test_time_limit
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
-        raise ConfigError(f"execute.test_time_limit must be a positive number of seconds or null, got {limit!r}")
-    if number_setting(cfg.evaluation, "evaluation.num_threads") < 0:
-        raise ConfigError(f"evaluation.num_threads must be >= 0 (0 = torch's default), got {cfg.evaluation.num_threads}")
-
-
-def _run_dirs(root, label, runs, cfg):
-    return {setting: root / f"{label}-{dataset_name(cfg)}" / run_name(run_cfg) for setting, run_cfg in runs.items()}
-
-
-def _evaluate_checkpoint(cfg, label, path, runs, items, root, data_file):
-    """Load one checkpoint once and evaluate every setting with it. Returns the metrics rows (main only)."""
-    loaded_at = time.perf_counter()
-    state, model, tokenizer, resolved, stop_ids = setup(_with(cfg, **{"evaluation.checkpoint_path": path}))
-    load_seconds = time.perf_counter() - loaded_at
-    rows = []
-    for setting, run_dir in _run_dirs(root, label, runs, cfg).items():
-        run_cfg = _with(runs[setting], **{"evaluation.checkpoint_path": path, "sweep.checkpoints": None})
-        row = evaluate(run_cfg, state, model, tokenizer, stop_ids, items, label=label, setting=setting,
-                       ckpt_path=resolved, run_dir=run_dir, load_seconds=load_seconds, data_file=data_file)
+def _evaluate_checkpoint(job, runs, finished, state, items, data_file):
+    """The rows of one checkpoint's runs: finished ones as they are, the others evaluated with the checkpoint
+    loaded once (not at all when every one is finished)."""
+    rows, model, load_seconds = [], None, 0.0
+    for run in runs:
+        if run.run_dir in finished:
+            print(f"{run.label} {run.setting.label}: unchanged, finished in {run.run_dir} (evaluation.restart=true "
+                  "evaluates it again)", file=sys.stderr)
+            rows.append(finished[run.run_dir])
+            continue
+        if model is None:
+            loaded_at = time.perf_counter()
+            model, tokenizer, stop_ids = setup(run.resolved, job.rollout_for(run.setting), state)
+            load_seconds = time.perf_counter() - loaded_at
+        row = evaluate(job, run, state, model, tokenizer, stop_ids, items, load_seconds=load_seconds,
+                       data_file=data_file)
         if row is not None:
             rows.append(row)
-    del model
-    gc.collect()
-    if state.device.type == "cuda":
-        torch.cuda.empty_cache()
-    return state, rows
+    if model is not None:
+        del model
+        gc.collect()
+        if state.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
 
 
-def write_sweep(rows, scores, cfg, root):
-    """results/sweep-<dataset>/: sweep.json ({"rows": [...], "aup": [...]}), sweep.md, sweep.png, the config."""
-    dataset, block = dataset_name(cfg), cfg.rollout.block_size
-    sweep_dir = root / f"sweep-{dataset}"
-    atomic_write_json(sweep_dir / "sweep.json", {"rows": rows, "aup": scores})
-    atomic_write_text(sweep_dir / "sweep.md",
+def write_sweep(rows, scores, job: EvalJob, directory):
+    """sweep.json ({"rows": [...], "aup": [...]}), sweep.md, sweep.png and the config. The same rows already there:
+    nothing is written; other rows (a member evaluated again): the old summary is moved aside first."""
+    directory = Path(directory)
+    summary = {"rows": rows, "aup": scores}
+    if (directory / "sweep.json").is_file():
+        if read_json(directory / "sweep.json") == json.loads(json.dumps(summary)):
+            os.utime(directory / "sweep.json")  # newest: what `scripts/pipeline.py sweep_rows` reads
+            print(f"{directory}: unchanged", file=sys.stderr)
+            return directory
+        print(f"note: moved the earlier summary {directory} to {move_aside(directory)}", file=sys.stderr)
+    dataset, block = job.dataset.name, job.rollout.decode.block_size
+    atomic_write_json(directory / "sweep.json", summary)
+    atomic_write_text(directory / "sweep.md",
                       f"# {dataset}: block size {block}\n\n" + markdown_table(rows) + aup_markdown(scores))
     k = rows[0]["num_response_per_task"]
-    title = (f"{dataset}: accuracy vs tokens per forward (block size {block}, T={float(cfg.rollout.temperature):g}"
+    title = (f"{dataset}: accuracy vs tokens per forward (block size {block}, T={job.rollout.decode.temperature:g}"
              + (f", k={k})" if k > 1 else ")"))
-    plot_sweep(rows, sweep_dir / "sweep.png", title, scores)
-    save_config(cfg, sweep_dir)
-    print(f"wrote {sweep_dir}/sweep.md, sweep.json, sweep.png", file=sys.stderr)
-    return sweep_dir
+    plot_sweep(rows, directory / "sweep.png", title, scores)
+    atomic_write_text(directory / "config.yaml", job.config_yaml())
+    print(f"wrote {directory}/sweep.md, sweep.json, sweep.png", file=sys.stderr)
+    return directory
 
 
 def run_eval_job(cfg):
     """eval.py: every (checkpoint x setting) of the config. Returns the metrics rows (None off-main)."""
-    _check_config(cfg)
-    data_type = str(cfg.evaluation.data_type)
-    checkpoints, settings = checkpoint_list(cfg), sweep_settings(cfg)
-    runs = {s: _with(cfg, **{"rollout.denoising_steps_per_block": s.steps, "rollout.remasking_strategy": s.strategy,
-                             "rollout.dynamic_threshold": s.threshold}) for s in settings}
-    for run_cfg in runs.values():
-        decode_config(run_cfg.rollout)  # invalid settings fail before any model is loaded
-    root = check_output_dir(results_root(cfg), "experiment.output_dir")
-    data_file, items = load_items(cfg.evaluation.eval_dataset, cfg.evaluation.max_items,
-                                  **dataset_options(cfg.evaluation))
-    validate_items(items, data_type, data_file)
-    resolved = {label: resolve_checkpoint(path) for label, path in checkpoints}
-    for label, path in checkpoints:  # every checkpoint and finished result checked before the first decode
-        check_checkpoint(resolved[label])
-        for setting, run_dir in _run_dirs(root, label, runs, cfg).items():
-            check_finished(run_dir, result_settings(runs[setting], data_file, resolved[label]),
-                           bool(cfg.evaluation.restart))
+    return run_eval(EvalJob.from_config(cfg))
 
-    threads = torch.get_num_threads()
-    if not torch.cuda.is_available() and int(cfg.evaluation.num_threads) > 0:
-        torch.set_num_threads(int(cfg.evaluation.num_threads))
-    try:
-        rows = []
-        for label, path in checkpoints:
-            state, mine = _evaluate_checkpoint(cfg, label, path, runs, items, root, data_file)
-            rows += mine
-    finally:
-        torch.set_num_threads(threads)  # process-wide: leave it as found (tests, notebooks)
-    if not state.is_main_process:
-        return None
-    scores = aup_rows(rows)
-    if len(rows) > 1:
-        write_sweep(rows, scores, cfg, root)
+
+def run_eval(job: EvalJob):
+    """Every (checkpoint x setting) of the job; finished results are reused. Returns the rows (None off-main)."""
+    check_output_dir(job.results_root, "experiment.output_dir")
+    data_file, all_items = job.dataset.load()
+    items = job.dataset.first(data_file, all_items)
+    validate_items(items, job.dataset.data_type, data_file)
+    runs = plan_runs(job, data_file, all_items, items)  # every checkpoint checked before the first decode
+    summary_dir = sweep_dir(job.results_root, job.dataset, [run.run_dir for run in runs]) if len(runs) > 1 else None
+    state = make_state()
+    with main_process_locks([run.run_dir for run in runs] + ([summary_dir] if summary_dir else []), state):
+        finished = {}
+        for run in runs:  # every finished result checked before the first decode
+            old = finished_result(run.run_dir, run.settings, run.inputs, job.restart, state)
+            if old is not None:
+                finished[run.run_dir] = old
+        state.wait_for_everyone()  # results moved aside (restart) before anyone writes
+        threads = torch.get_num_threads()
+        if not torch.cuda.is_available() and job.num_threads > 0:
+            torch.set_num_threads(job.num_threads)
+        try:
+            rows = []
+            for label, _ in job.checkpoints:
+                mine = [run for run in runs if run.label == label]
+                rows += _evaluate_checkpoint(job, mine, finished, state, items, data_file)
+        finally:
+            torch.set_num_threads(threads)  # process-wide: leave it as found (tests, notebooks)
+        if not state.is_main_process:
+            return None
+        scores = aup_rows(rows)
+        if summary_dir is not None:
+            write_sweep(rows, scores, job, summary_dir)
     print(markdown_table(rows) + aup_markdown(scores), end="")
     return rows

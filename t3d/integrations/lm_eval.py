@@ -62,6 +62,7 @@ class SDARBlockDiffusionLM(LM):
 
         from t3d.model.checkpoint import load, stop_token_ids
         from t3d.decode.decoder import DecodeConfig
+        from t3d.decode.settings import RolloutSettings
 
         if unknown:
             raise ConfigError(f"{NAME} model_args: unknown key '{sorted(unknown)[0]}'; expected one of "
@@ -69,14 +70,13 @@ class SDARBlockDiffusionLM(LM):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(f"{NAME} decodes in one process: run it without accelerate launch / torchrun "
                               "(one lm-eval process per GPU, e.g. one per task)")
-        try:
-            self.base_config = DecodeConfig(
+        try:  # the settings type eval.py and sdar_sample.py decode with
+            self.settings = RolloutSettings(decode=DecodeConfig(
                 block_size=int(block_size), steps_per_block=int(denoising_steps), max_new_tokens=int(max_gen_toks),
                 temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), strategy=str(remasking),
-                dynamic_threshold=float(dynamic_threshold))
+                dynamic_threshold=float(dynamic_threshold)), seed=int(seed), dtype=str(dtype))
         except ValueError as err:
             raise ConfigError(f"{NAME} model_args: {err}") from None
-        self.seed = int(seed)
         self.num_threads = int(num_threads)  # CPU only, as eval.py's evaluation.num_threads; 0 = torch's default
         self._warn_temperature_override = float(temperature) > 0  # tasks usually pin do_sample=False
         self.batch_size = self._batch_size(batch_size, max_batch_size)
@@ -84,6 +84,7 @@ class SDARBlockDiffusionLM(LM):
             if device is not None:  # lm-eval's CLI asks for cuda:0 unless told otherwise: not worth a warning
                 logger.info("%s: device %s requested but CUDA is not available; using the CPU", NAME, device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self.settings.dtype
         if dtype == "auto":
             dtype = "bf16" if str(device).startswith("cuda") else "fp32"
         self.model, self.tokenizer, self.checkpoint = load(pretrained, dtype=dtype, device=device)
@@ -91,9 +92,9 @@ class SDARBlockDiffusionLM(LM):
         self.dtype = str(dtype)
         self.stop_ids = stop_token_ids(self.tokenizer)
         trained_b = getattr(self.model.config, "block_size", None)
-        if trained_b is not None and int(trained_b) != self.base_config.block_size:
+        if trained_b is not None and int(trained_b) != self.settings.decode.block_size:
             logger.warning("%s: block_size=%d differs from the block size the model was trained with (%s, "
-                           "config.json 'block_size'); quality will suffer", NAME, self.base_config.block_size, trained_b)
+                           "config.json 'block_size'); quality will suffer", NAME, self.settings.decode.block_size, trained_b)
         self._chat_templated = False
         self._records = []  # one per decoded request: task, tokens, nfe, finished, stopped_by_until, settings
         self._batch_forwards = 0
@@ -191,7 +192,7 @@ class SDARBlockDiffusionLM(LM):
                 chunk = members[start:start + self.batch_size]
                 out = generate(self.model, [prompts[j] for j in chunk], cfg, mask_id=self.tokenizer.mask_token_id,
                                pad_id=self.tokenizer.pad_token_id, stop_ids=stops,
-                               seeds=sequence_seeds(self.seed, [seed_index[j] for j in chunk]))
+                               seeds=sequence_seeds(self.settings.seed, [seed_index[j] for j in chunk]))
                 self._batch_forwards += out.batch_forwards
                 for j, ids, nfe, prefill, finished in zip(chunk, out.token_ids, out.nfe, out.prefill_nfe,
                                                           out.finished):
@@ -222,12 +223,12 @@ class SDARBlockDiffusionLM(LM):
         gen_kwargs = dict(gen_kwargs or {})
         sampling_given = any(key in gen_kwargs for key in ("do_sample", "temperature"))
         if not sampling_given:  # model_args temperature is the default of requests that do not set one
-            gen_kwargs.update(temperature=self.base_config.temperature, do_sample=self.base_config.temperature > 0)
-        kwargs = normalize_gen_kwargs(gen_kwargs, self.base_config.max_new_tokens)  # do_sample=False: T=0
-        if sampling_given and self._warn_temperature_override and kwargs["temperature"] != self.base_config.temperature:
+            gen_kwargs.update(temperature=self.settings.decode.temperature, do_sample=self.settings.decode.temperature > 0)
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.settings.decode.max_new_tokens)  # do_sample=False: T=0
+        if sampling_given and self._warn_temperature_override and kwargs["temperature"] != self.settings.decode.temperature:
             logger.warning("%s: the request's generation kwargs (do_sample=%s, temperature=%g) override model_args "
                            "temperature=%g; set sampling with --gen_kwargs do_sample=True,temperature=...", NAME,
-                           kwargs["do_sample"], kwargs["temperature"], self.base_config.temperature)
+                           kwargs["do_sample"], kwargs["temperature"], self.settings.decode.temperature)
             self._warn_temperature_override = False  # say it once
         until = tuple(kwargs.pop("until"))
         max_new_tokens = kwargs.pop("max_gen_toks")
@@ -236,10 +237,10 @@ class SDARBlockDiffusionLM(LM):
             raise ConfigError(f"{NAME}: generation kwarg '{unknown[0]}' is not supported by the block-diffusion "
                               f"decoder (supported: until, max_gen_toks, {', '.join(SAMPLING_KEYS)})")
         try:
-            cfg = DecodeConfig(**{**asdict(self.base_config), "max_new_tokens": int(max_new_tokens),
+            cfg = DecodeConfig(**{**asdict(self.settings.decode), "max_new_tokens": int(max_new_tokens),
                                   "temperature": float(kwargs["temperature"]),
-                                  "top_k": int(kwargs.get("top_k", self.base_config.top_k)),
-                                  "top_p": float(kwargs.get("top_p", self.base_config.top_p))})
+                                  "top_k": int(kwargs.get("top_k", self.settings.decode.top_k)),
+                                  "top_p": float(kwargs.get("top_p", self.settings.decode.top_p))})
         except ValueError as err:
             raise ConfigError(f"{NAME}: generation kwargs {gen_kwargs}: {err}") from None
         return cfg, self._stops_with(until), until
@@ -278,9 +279,9 @@ class SDARBlockDiffusionLM(LM):
                 tasks[task].pop(run_level)  # batches mix tasks: time and model calls are per run
             tasks[task]["settings"] = [dict(zip(("max_gen_toks", "temperature", "top_k", "top_p"), s))
                                        for s in sorted({r["settings"] for r in records})]
-        decoding = {k: v for k, v in asdict(self.base_config).items() if k not in ("max_new_tokens", "temperature",
+        decoding = {k: v for k, v in asdict(self.settings.decode).items() if k not in ("max_new_tokens", "temperature",
                                                                                    "top_k", "top_p", "stop_at_eos")}
-        return {"model": NAME, "checkpoint": self.checkpoint, "dtype": self.dtype, "seed": self.seed,
+        return {"model": NAME, "checkpoint": self.checkpoint, "dtype": self.dtype, "seed": self.settings.seed,
                 "decoding": decoding, "tasks": tasks, "total": figures(self._records)}
 
 
