@@ -24,7 +24,10 @@ process count is per user namespace; either way parallel sandboxes do not share 
 is the init, so `os.getppid()` is 1 and `kill(-1)` / `killpg(0)` reach only the sandbox; the network
 namespace has only a down loopback, which also scopes abstract AF_UNIX sockets.
 
-Verdicts are decided where the untrusted code cannot reach them. Function tests (MBPP `test_list`, HumanEval
+Verdicts are decided where the untrusted code cannot reach them, from tests its process never holds: a
+function job reaches the launcher as two messages, the second holding the tests, and the launcher forks the
+solution's side between the two (`child.main`), so no frame, object, buffer or freed memory of the
+solution's process or its init ever held them; all it learns of them is the arguments of the calls. Function tests (MBPP `test_list`, HumanEval
 `check(candidate)`) run in a second, separate sandbox (its own PID namespace, root and uid; both are forked
 from one launcher): the trusted test process. The solution's top-level callables are proxies there that call
 into the solution's sandbox over a pair of pipes; arguments, return values and exceptions cross as plain

@@ -165,33 +165,46 @@ def _run_stdio(job):
 
 
 def main(job_fd):
-    """Read the job from `job_fd` and run it."""
+    """Read the job from `job_fd` and run it.
+
+    The job comes as two messages: the first holds the limits, paths, code and setup; the second, for
+    function jobs only, the tests. The solution's side is forked between the two, so its process never
+    held the tests in any frame, object, buffer or freed memory: all it could read about them is what the
+    test process sends it (arguments). Stdio jobs have no second message: expected outputs stay with the
+    evaluator."""
     job = codec.receive(job_fd)
-    os.close(job_fd)
     if job["role"] == "stdio":
+        os.close(job_fd)
         _run_stdio(job)
         return
     # Function tests: two sibling sandboxes joined by two pipes; the verdicts go to our stdout.
     native = confine.load_libc() if sys.platform == "linux" else None  # loaded once, before the forks
     to_solution, to_tests = os.pipe(), os.pipe()
-    ends = {"solution": (to_solution[0], to_tests[1]), "tests": (to_solution[1], to_tests[0])}
-    for role in ("solution", "tests"):
-        pid = os.fork()
-        if pid == 0:
-            requests, replies = ends[role]
-            for fd in ends["tests" if role == "solution" else "solution"]:
-                os.close(fd)  # so that each side sees EOF as soon as the other side's sandbox is gone
-            job["role"] = role
-            confine.enter_sandbox(job, native)
-            if role == "solution":
-                confine.only_fds(requests, replies)
-                serve_solution(job["code"], job["setup"], requests, replies)
-            else:
-                report = os.dup(1)
-                confine.only_fds(report, requests, replies)
-                run_tests(job["tests"], job["setup"], requests, replies, report)
-            os._exit(0)
+    if os.fork() == 0:
+        os.close(job_fd)  # the tests arrive there next
+        os.close(to_solution[1])  # each side sees EOF as soon as the other side's sandbox is gone
+        os.close(to_tests[0])
+        job["role"] = "solution"
+        confine.enter_sandbox(job, native)
+        confine.only_fds(to_solution[0], to_tests[1])
+        serve_solution(job["code"], job["setup"], to_solution[0], to_tests[1])
+        os._exit(0)
+    try:
+        tests = codec.receive(job_fd)
+    except (EOFError, codec.CodecError):
+        os._exit(confine.SETUP_FAILED)
+    os.close(job_fd)
+    tester = os.fork()
+    if tester == 0:
+        os.close(to_solution[0])
+        os.close(to_tests[1])
+        job["role"] = "tests"
+        confine.enter_sandbox(job, native)
+        report = os.dup(1)
+        confine.only_fds(report, to_solution[1], to_tests[0])
+        run_tests(tests, job["setup"], to_solution[1], to_tests[0], report)
+        os._exit(0)
     for fd in (*to_solution, *to_tests):
         os.close(fd)
-    os.waitpid(pid, 0)  # the test sandbox decides; the evaluator then kills the solution's
+    os.waitpid(tester, 0)  # the test sandbox decides; the evaluator then kills the solution's
     os._exit(0)

@@ -108,7 +108,10 @@ def _job_spec(job, role, isolate, workdir, **extra):
 class _Sandbox:
     """One launched sandbox process (and, with namespaces, everything inside its PID namespace)."""
 
-    def __init__(self, spec, *, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, log_problems=True):
+    def __init__(self, spec, tests=None, *, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 log_problems=True):
+        """Launch the sandbox of `spec` (everything but the tests); `tests`: a function job's tests, sent
+        as a second message, which the launcher reads only after forking the solution's side."""
         self.workdir, self.log_problems, self.problem = None, log_problems, ""
         if not spec["isolate"]:
             self.workdir = spec["workdir"] = tempfile.mkdtemp(prefix="t3d-sandbox-")
@@ -131,6 +134,8 @@ class _Sandbox:
             os.close(job_read)
         try:
             send_encoded(job_write, encode(spec))
+            if tests is not None:
+                send_encoded(job_write, encode(list(tests)))
         except BrokenPipeError:
             pass  # the launcher died first; its status says so
         finally:
@@ -181,11 +186,11 @@ class _Sandbox:
 def _run_function(job):
     isolate = isolation() == NAMESPACES
     spec = _job_spec(job, "function", isolate, SANDBOX_DIR if isolate else None, code=job.code,
-                     setup=job.setup or "", tests=[str(t) for t in job.tests])
+                     setup=job.setup or "")
     verdicts, verdicts_w = os.pipe()
     try:
         try:
-            sandbox = _Sandbox(spec, stdout=verdicts_w)
+            sandbox = _Sandbox(spec, [str(t) for t in job.tests], stdout=verdicts_w)
         finally:
             os.close(verdicts_w)
         try:
