@@ -1,9 +1,12 @@
 """eval.py grading hostile code answers: the evaluator finishes and writes metrics, every hostile answer fails,
-the honest one passes, and nothing escapes (no surviving process, no file outside, no connection).
+the honest ones pass in the same run, and nothing escapes (no surviving process, no file outside, no
+connection).
 
 eval.py runs as a subprocess (an attack that worked on it must not take pytest down) with a stand-in decoder
-that answers each question with a fixed response. Each attack that could succeed silently is written so that
-success defines a correct `add`: an escape would show up as a pass in the metrics.
+that answers each question with a fixed response. The answers are the probes of tests/sandbox_probes.py
+(attacks on the evaluator and the verdict channel, and leak probes that pass iff they find the tests or
+expected outputs) plus attacks on this test's own sockets and files. Each attack that could succeed silently
+is written so that success defines a passing answer: an escape or a leak would show up as a pass.
 """
 import json
 import os
@@ -14,6 +17,7 @@ import time
 
 import pytest
 
+from sandbox_probes import ADD, HONEST, item_tests, probes
 from t3d.eval import sandbox
 from t3d.common.paths import CHECKOUT as REPO_ROOT
 
@@ -47,42 +51,31 @@ sys.argv = ["eval.py", *sys.argv[1:]]
 runpy.run_path(os.path.join({repo!r}, "eval.py"), run_name="__main__")
 """
 
-ADD = "def add(a, b):\n    return a + b\n"
 
 
 def attacks(tmp_path, marker, listeners):
-    """name -> solution code. Only 'honest' may pass."""
+    """name -> (kind, solution code): the honest answers, the shared probes, and attacks on this test's own
+    sockets, files and processes. Only the honest answers may pass."""
     secret, outside = tmp_path / "secret.txt", tmp_path / "escaped.txt"
     connect = "import socket\ns = socket.socket(socket.{})\ns.settimeout(1)\ns.connect({!r})\n"
-    return {
-        "honest": ADD,
-        "kill the parent": "import os\nos.kill(os.getppid(), 9)\n",
-        "kill the group": "import os\nos.killpg(0, 9)\n",
-        "kill everything": "import os\nos.kill(-1, 9)\n",
-        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    own = {
         "setsid escape": f"import subprocess\nsubprocess.Popen(['setsid', 'sleep', '{marker}'])\n"
                          f"subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n",
         "unix socket": connect.format("AF_UNIX", listeners["path"]) + ADD,
         "abstract socket": connect.format("AF_UNIX", listeners["abstract"]) + ADD,
         "tcp socket": connect.format("AF_INET", listeners["tcp"]) + ADD,
-        "forge via frames": "import os, sys\nframe = sys._getframe(0)\nwhile frame:\n"
-                            "    for fd in range(64):\n        try:\n            os.write(fd, b'0 1\\n')\n"
-                            "        except OSError:\n            pass\n    frame = frame.f_back\nos._exit(0)\n",
-        "forge via gc": "import gc\nfor obj in gc.get_objects():\n    if isinstance(obj, dict) and 'tests' in obj:\n"
-                        "        obj['tests'] = ['pass']\n",
-        "forge via audit hook": "import os, sys\nsys.addaudithook(lambda event, args: os.write(1, b'0 1\\n'))\n"
-                                "def add(a, b):\n    return 0\n",
-        "__eq__ always True": "class Anything:\n    def __eq__(self, other):\n        return True\n"
-                              "def add(a, b):\n    return Anything()\n",
-        "infinite loop": "while True:\n    pass\n",
-        "memory bomb": "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 26))\n",
-        "file bomb": "with open('big', 'wb') as f:\n    for _ in range(100):\n"
-                     "        f.write(b'x' * (1 << 20))\n" + ADD,
-        "write outside": f"open({str(outside)!r}, 'w').write('x')\n" + ADD,
+        "write outside (the test's directory)": f"open({str(outside)!r}, 'w').write('x')\n" + ADD,
         "read a host file": f"assert open({str(secret)!r}).read() == 'hunter2'\n" + ADD,
-        "sys.exit(0)": ADD + "import sys\nsys.exit(0)\n",
-        "os._exit(0)": ADD + "import os\nos._exit(0)\n",
     }
+    return {**HONEST, **probes(), **{name: ("add", code) for name, code in own.items()}}
+
+
+def item(question, kind):
+    tests, inputs, outputs = item_tests(kind)
+    base = {"question": question, "prefix": "```python\n", "test_time_limit": 2}
+    if tests is None:
+        return {**base, "test_method": "stdio", "test_input": inputs, "test_output": outputs}
+    return {**base, "test_method": "function", "test_list": tests}
 
 
 @pytest.mark.slow
@@ -101,10 +94,10 @@ def test_eval_survives_hostile_code_and_only_the_honest_answer_passes(tmp_path, 
         listeners[name] = listener.getsockname()
     codes = attacks(tmp_path, marker, listeners)
     questions = {name: f"Task {i}: {name}." for i, name in enumerate(codes)}
-    answers = {questions[name]: code + "```" for name, code in codes.items()}
-    items = [{"question": questions[name], "test_method": "function", "prefix": "```python\n",
-              "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"], "test_time_limit": 1}
-             for name in codes]
+    # Function items' prompts end with the opening fence (their `prefix`); stdio answers open their own.
+    answers = {questions[name]: ("```python\n" if kind == "stdio" else "") + code + "```"
+               for name, (kind, code) in codes.items()}
+    items = [item(questions[name], kind) for name, (kind, _) in codes.items()]
     (tmp_path / "code.json").write_text(json.dumps(items))
     (tmp_path / "answers.json").write_text(json.dumps(answers))
     driver = tmp_path / "driver.py"
@@ -123,8 +116,9 @@ def test_eval_survives_hostile_code_and_only_the_honest_answer_passes(tmp_path, 
     metrics = json.loads(metrics_file.read_text())
     records = [json.loads(line) for line in (run_dir / "items.jsonl").read_text().splitlines()]
     verdicts = {name: record["correct"] for name, record in zip(codes, records)}
-    assert verdicts == {name: name == "honest" for name in codes}
-    assert metrics["accuracy"] == pytest.approx(1 / len(codes))
+    assert len(codes) - len(HONEST) >= 60
+    assert verdicts == {name: name in HONEST for name in codes}
+    assert metrics["accuracy"] == pytest.approx(len(HONEST) / len(codes))
     assert not (tmp_path / "escaped.txt").exists()
     deadline = time.monotonic() + 3  # SIGKILL delivery and reaping are asynchronous
     while _survivors(marker) and time.monotonic() < deadline:

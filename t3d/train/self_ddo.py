@@ -16,7 +16,7 @@ from t3d.train.objectives import T3DSettings, t3d_micro_step
 from t3d.train.runtime import (
     check_common, main_print, make_accelerator, run_dir, setup_process, zero_stage,
 )
-from t3d.model.checkpoint import load_model, load_tokenizer, resolve_checkpoint
+from t3d.model.checkpoint import check_checkpoint, load_model, load_tokenizer, resolve_checkpoint
 from t3d.common.cli import run_main
 from t3d.common.config import ConfigError
 from t3d.common.paths import CONFIGS
@@ -89,6 +89,7 @@ def run_t3d_job(cfg):
     check_output_dir(root, "experiment.output_dir")
     setup_process(cfg)
     path = resolve_checkpoint(cfg.model.pretrained_model)
+    check_checkpoint(path)  # a damaged or foreign checkpoint is one line before its tokenizer is read
     tokenizer = load_tokenizer(path)
     data_path = resolve_data_path(cfg.dataset.optimization_data, cfg.dataset)
     examples = load_examples(

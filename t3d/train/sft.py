@@ -12,7 +12,7 @@ from t3d.train.data import load_examples, resolve_data_path
 from t3d.train.loop import fit, open_run
 from t3d.train.objectives import sft_micro_step
 from t3d.train.runtime import check_common, make_accelerator, run_dir, setup_process, zero_stage
-from t3d.model.checkpoint import load_model, load_tokenizer, resolve_checkpoint
+from t3d.model.checkpoint import check_checkpoint, load_model, load_tokenizer, resolve_checkpoint
 from t3d.common.cli import run_main
 from t3d.common.config import ConfigError
 from t3d.common.paths import CONFIGS
@@ -49,6 +49,8 @@ def run_sft_job(cfg):
     setup_process(cfg)
     accelerator = make_accelerator(cfg, root)
     path = resolve_checkpoint(cfg.model.pretrained_model)
+    if not cfg.model.init_from_scratch:  # a damaged or foreign checkpoint is one line before its tokenizer is read
+        check_checkpoint(path)
     tokenizer = load_tokenizer(path)
     data_path = resolve_data_path(ds.optimization_data, ds)
     examples = load_examples(
