@@ -49,6 +49,32 @@ HELP_FLAGS = ("--help", "-h")
 _YAML_LINE = re.compile(r"^(?P<indent> *)(?P<key>[\w.-]+):(?P<value>[^#]*?)\s*(?P<comment>#.*)?$")
 
 
+def read_yaml(path):
+    """A config file as an OmegaConf mapping; one-line ConfigError for text that is not UTF-8, not YAML, or
+    not a mapping of sections."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        path.read_text(encoding="utf-8")  # OmegaConf's own loader reads 1e-5 as a float (PyYAML alone would not)
+        config = OmegaConf.load(path)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1} col {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or 'parse error'})") from None
+    except (ValueError, TypeError, OSError) as err:  # e.g. a top-level scalar ("Invalid loaded object type")
+        raise ConfigError(f"{path}: expected a mapping of config sections ({str(err).splitlines()[0]})") from None
+    if OmegaConf.is_dict(config) and not config:
+        raise ConfigError(f"{path}: the config is empty")
+    if not OmegaConf.is_dict(config):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(config).__name__}")
+    return config
+
+
 def help_text(config_path=None, script=None):
     """Usage plus every key of the YAML as a dotted `key=default  # comment` line (YAML comments kept)."""
     script = script or os.path.basename(sys.argv[0]) or "script.py"
@@ -59,8 +85,7 @@ def help_text(config_path=None, script=None):
     if config_path is None:
         return "\n".join(lines + ["", "Pass config=<file> with --help to list that config's keys."]) + "\n"
     path = Path(config_path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    read_yaml(path)  # a bad file is one line here too
     lines += ["", f"keys of {path} (defaults; `???` = required):"]
     stack = []  # (indent, key) of the enclosing mappings
     for raw in path.read_text(encoding="utf-8").splitlines():
@@ -113,9 +138,7 @@ def load_config(argv=None, default_config=None):
     if "config" not in cli:
         raise ConfigError("missing config=<path.yaml> on the command line")
     path = Path(str(cli.config))
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    base = OmegaConf.load(path)
+    base = read_yaml(path)
     schema = _flat_keys(OmegaConf.to_container(base, resolve=False))
     for key, value in _flat_keys(OmegaConf.to_container(cli, resolve=False)).items():
         if key == "config" or isinstance(value, dict):

@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +74,22 @@ def check_output_dir(directory, key):
     return directory
 
 
+def _parse_json_or_jsonl(path, text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as whole_err:
+        data = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                where = f"line {lineno}" if lineno > 1 else f"line {whole_err.lineno} col {whole_err.colno}"
+                raise DataError(f"{path}: malformed JSON/JSONL at {where}: {err.msg}") from None
+        return data
+
+
 def read_records(path):
     """A JSON list of objects, a single JSON object, or JSONL -> list[dict]. One-line errors."""
     path = Path(path)
@@ -85,17 +102,10 @@ def read_records(path):
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as whole_err:
-        data = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                data.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                where = f"line {lineno}" if lineno > 1 else f"line {whole_err.lineno} col {whole_err.colno}"
-                raise DataError(f"{path}: malformed JSON/JSONL at {where}: {err.msg}") from None
+        data = _parse_json_or_jsonl(path, text)
+    except RecursionError:  # Python's JSON parser recurses once per nesting level
+        raise DataError(f"{path}: JSON nested too deeply to be a dataset (more than "
+                        f"{sys.getrecursionlimit()} levels)") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):

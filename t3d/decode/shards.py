@@ -9,6 +9,32 @@ from pathlib import Path
 from t3d.common.io import DataError, atomic_write_json, read_records
 
 
+def check_inputs(inputs, output):
+    """Refuse a rollout file given twice, or an output that would overwrite one of the inputs."""
+    seen = {}
+    for path in map(Path, inputs):
+        key = path.resolve()
+        if key in seen:
+            raise DataError(f"{path}: given twice (as {seen[key]}); each rollout file counts once")
+        seen[key] = path
+    if output is not None and Path(output).resolve() in seen:
+        raise DataError(f"{output}: the output is also an input; write the result to another file")
+
+
+def check_unique_ids(items_by_path):
+    """Refuse an item id that appears twice: overlapping shards, or one rollout file merged with itself."""
+    where = {}
+    for path, items in items_by_path:
+        for i, item in enumerate(items):
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if item_id is None:
+                continue
+            if item_id in where:
+                raise DataError(f"{path}: item {i} has the id {item_id!r} already seen in {where[item_id]} "
+                                "(overlapping rollout files)")
+            where[item_id] = f"{path} item {i}"
+
+
 def merge(paths):
     """Shards must be given in node order (outputs-0-..., outputs-1-..., ...); names are checked."""
     def node(path):
@@ -21,9 +47,12 @@ def merge(paths):
         paths = [paths[i] for i in order]
         if sorted(nodes) != list(range(len(paths))):
             raise DataError(f"shards {sorted(nodes)} are not a complete set 0..{len(paths) - 1}")
-    merged = []
-    for path in paths:
-        merged.extend(read_records(path))
+    runs = {Path(p).name.split("-eval-", 1)[1] for p in paths if "-eval-" in Path(p).name}
+    if len(runs) > 1:  # outputs-<node>-eval-<checkpoint>-<dataset>.json of other checkpoints or datasets
+        raise DataError(f"shards of different runs ({', '.join(sorted(runs))}); merge the shards of one run only")
+    loaded = [(path, read_records(path)) for path in paths]
+    check_unique_ids(loaded)
+    merged = [item for _, items in loaded for item in items]
     decoded = {(item.get("block_size"), item.get("denoising_steps_per_block"), item.get("remasking_strategy"))
                for item in merged if "error" not in item}
     if len(decoded) > 1:  # shards of other runs: training would mix trajectories of other block sizes
@@ -38,6 +67,7 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     try:
+        check_inputs(args.shards, args.output)
         merged = merge(args.shards)
         atomic_write_json(args.output, merged)
     except DataError as err:

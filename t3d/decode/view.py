@@ -10,7 +10,6 @@ end of the prompt. The HTML page adds a slider that replays the decode step by s
 """
 import argparse
 import html
-import json
 import sys
 from pathlib import Path
 

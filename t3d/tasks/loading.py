@@ -35,6 +35,28 @@ _HUB_HINT = ("save it with data/download_data.py on a machine with network, or p
              ".json/.jsonl/.parquet/.csv file")
 
 
+def invalid_text(value):
+    """True for a string that cannot be written as UTF-8: JSON's \\ud800-style escapes decode to unpaired
+    surrogates, which no tokenizer or output file accepts."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_text(records, source):
+    """One-line DataError naming the first item and key whose text is not valid Unicode."""
+    for i, record in enumerate(records):
+        for key, value in record.items() if isinstance(record, dict) else ():
+            values = value if isinstance(value, list) else [value]
+            if any(invalid_text(v) for v in values):
+                raise DataError(f"{source}: item {i}: '{key}' holds an unpaired surrogate (e.g. \\ud800): "
+                                "not valid Unicode text")
+
+
 def is_hub(spec):
     return str(spec).startswith(HUB_PREFIX)
 
@@ -277,6 +299,7 @@ def load_records(spec, *, split=None, subset=None, columns=None, answer_format=N
         records = read_records(path) if path.suffix in JSON_SUFFIXES else _read_arrow_file(path)
     if not records:
         raise DataError(f"{source}: dataset is empty")
+    check_text(records, source)
     return source, apply_columns(records, source, columns, answer_format, key_prefix)
 
 

@@ -112,6 +112,11 @@ def rollout_example(record, index, tokenizer, limits, stops, where, prompt_cache
             f"{where}: step_map has {len(step_map)} entries but response_ids has {len(response_ids)}",
             "step_map length mismatch",
         )
+    vocab = len(tokenizer)
+    outside = next((i for i in response_ids if not 0 <= i < vocab), None)
+    if outside is not None:
+        raise RecordError(f"{where}: response_ids holds {outside}, outside the tokenizer's vocabulary (0..{vocab - 1})",
+                          "token id outside the vocabulary")
     rollout_block = _positive_int(record, "block_size", where)
     if rollout_block is not None and rollout_block != block_size:
         raise DataError(f"{where}: the rollout's block_size is {rollout_block} but training.block_size={block_size}; "
@@ -119,8 +124,9 @@ def rollout_example(record, index, tokenizer, limits, stops, where, prompt_cache
     if prompt not in prompt_cache:  # replicas share their prompt
         prompt_cache[prompt] = encode_prompt(tokenizer, prompt)
     prompt_ids = prompt_cache[prompt]
-    check_step_map(step_map, len(prompt_ids), block_size, _positive_int(record, "denoising_steps_per_block", where),
-                   where)
+    # without the rollout's S, S = B bounds it (a block never takes more steps than it has tokens)
+    steps_per_block = _positive_int(record, "denoising_steps_per_block", where) or block_size
+    check_step_map(step_map, len(prompt_ids), block_size, steps_per_block, where)
     return _finish(index, prompt_ids, response_ids, step_map, limits, stops, tokenizer.pad_token_id, where)
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from t3d.common.paths import DATA
 from t3d.common.io import DataError, atomic_write_json, read_records
+from t3d.decode.shards import check_inputs, check_unique_ids
+from t3d.tasks.loading import invalid_text
 
 DATA_DIR = DATA
 # Rollout keys holding one value per replica; each record gets its replica's value.
@@ -67,6 +69,8 @@ def replica_problem(question, prompt, answer, response_ids, step_map, settings=N
     """The reason a replica cannot be trained on, or None. `settings`: the item's rollout settings."""
     if not isinstance(question, str) or not question.strip():
         return "question missing or empty"
+    if any(invalid_text(v) for v in (question, prompt, answer)):
+        return "text holds an unpaired surrogate (not valid Unicode)"
     if not isinstance(prompt, str):
         return "prompt missing or not a string"
     if not isinstance(answer, str):
@@ -116,8 +120,10 @@ def item_records(item, source_index):
 def convert(inputs, strict=False):
     """Rollout files -> (records, number of items, Counter of drop reasons). Raises DataError."""
     records, dropped, n_items = [], Counter(), 0
-    for path in inputs:
-        for i, item in enumerate(read_records(path)):
+    loaded = [(path, read_records(path)) for path in inputs]
+    check_unique_ids(loaded)
+    for path, items in loaded:
+        for i, item in enumerate(items):
             for r, (record, reason) in enumerate(item_records(item, n_items)):
                 if reason:
                     if strict:
@@ -156,6 +162,7 @@ def main(argv=None):
     if args.output:
         output = Path(args.output)
     try:
+        check_inputs(inputs, output)
         records, n_items, dropped = convert(inputs, args.strict)
         if not records:
             raise DataError(f"{', '.join(map(str, inputs))}: no valid training records ({summary(0, n_items, dropped)})")

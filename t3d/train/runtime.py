@@ -49,6 +49,8 @@ def check_common(cfg):
             raise ConfigError(f"training.{key} must be >= 1, got {tr[key]}")
     if int(tr.post_num) < 0:
         raise ConfigError(f"training.post_num must be >= 0, got {tr.post_num}")
+    if not 0 <= int(tr.seed) < 2**32:  # the range numpy's seeding (inside accelerate's set_seed) accepts
+        raise ConfigError(f"training.seed must be in [0, 2**32), got {tr.seed}")
     if tr.num_threads is not None and int(tr.num_threads) < 1:
         raise ConfigError(f"training.num_threads must be null or >= 1, got {tr.num_threads}")
     if str(tr.mixed_precision) not in PRECISIONS:
