@@ -1,4 +1,4 @@
-"""scripts/run_experiment.py's report (seed means, the issue's goal check, the table) and scripts/pipeline.py's
+"""scripts/run_experiment.py's recovery report (results/: seed means, the recovery goal check, the table) and scripts/pipeline.py's
 portable command lines, on hand-made rows."""
 import json
 import subprocess
@@ -26,7 +26,7 @@ ROWS = [row("base", 4, 0.90), row("base", 1, 0.50, 3.0),
 
 
 def test_summary_groups_seeds_and_averages():
-    summary = rx.summarize(ROWS, [4, 1])
+    summary = rx.recovery_summary(ROWS, [4, 1])
     assert list(summary) == ["base", "t3d", "naive"]
     t3d = summary["t3d"]
     assert t3d["seeds"] == 2 and t3d["label"] == "T3D"
@@ -38,7 +38,7 @@ def test_summary_groups_seeds_and_averages():
 
 
 def test_goal_check_is_the_issue_rule():
-    goal = rx.goal_check(rx.summarize(ROWS, [4, 1]), 4, 1)
+    goal = rx.recovery_goal(rx.recovery_summary(ROWS, [4, 1]), 4, 1)
     # base gap 0.40; T3D recovers (0.75 - 0.50) / 0.40 = 62.5% and loses 1 point at S=4: met
     assert goal["base_gap"] == pytest.approx(0.40)
     assert goal["t3d_gap_recovered"] == pytest.approx(0.625)
@@ -48,21 +48,21 @@ def test_goal_check_is_the_issue_rule():
     # losing 3 points at full steps fails the goal, however much of the gap is recovered
     worse = [dict(r, accuracy=0.87) if r["checkpoint"].startswith("t3d") and r["denoising_steps_per_block"] == 4 else r
              for r in ROWS]
-    assert rx.goal_check(rx.summarize(worse, [4, 1]), 4, 1)["met"] is False
+    assert rx.recovery_goal(rx.recovery_summary(worse, [4, 1]), 4, 1)["met"] is False
     # no gap: nothing to recover, never met
     flat = [dict(r, accuracy=0.9) for r in ROWS]
-    assert rx.goal_check(rx.summarize(flat, [4, 1]), 4, 1)["t3d_gap_recovered"] is None
+    assert rx.recovery_goal(rx.recovery_summary(flat, [4, 1]), 4, 1)["t3d_gap_recovered"] is None
 
 
 def test_markdown_table():
-    summary = rx.summarize(ROWS, [4, 1])
-    text = rx.markdown(summary, [4, 1], rx.goal_check(summary, 4, 1))
+    summary = rx.recovery_summary(ROWS, [4, 1])
+    text = rx.recovery_markdown(summary, [4, 1], rx.recovery_goal(summary, 4, 1))
     lines = text.splitlines()
     assert lines[2] == "| base | 90.0 | 50.0 | – | – | 1.00 / 3.00 |"
     assert lines[3] == "| T3D (2 seeds) | 89.0 ± 0.0 | 75.0 ± 7.1 | – | – | 1.00 / 3.00 |"
     assert "T3D recovers 62% of it at S=1; its S=4 accuracy changes by -1.0 points" in text and "met." in text
-    flat = rx.summarize([dict(r, accuracy=0.9) for r in ROWS], [4, 1])  # no gap: a table, not a crash
-    assert "0.0 points: nothing to recover, so the goal cannot be met." in rx.markdown(flat, [4, 1], rx.goal_check(flat, 4, 1))
+    flat = rx.recovery_summary([dict(r, accuracy=0.9) for r in ROWS], [4, 1])  # no gap: a table, not a crash
+    assert "0.0 points: nothing to recover, so the goal cannot be met." in rx.recovery_markdown(flat, [4, 1], rx.recovery_goal(flat, 4, 1))
 
 
 def test_valid_share_reads_items_jsonl(tmp_path):

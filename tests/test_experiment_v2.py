@@ -1,4 +1,4 @@
-"""scripts/run_experiment_v2.py: the report on hand-made rows (seed means, AUP per seed, full-step changes, the
+"""scripts/run_experiment.py with the chain study (configs/experiments/study_chain.yaml, results/v2/): the report on hand-made rows (seed means, AUP per seed, full-step changes, the
 goal rule), and the whole pipeline through the CLIs on a tiny slice (slow)."""
 import json
 import math
@@ -11,8 +11,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import run_experiment_v2 as v2  # noqa: E402
+import run_experiment as v2  # noqa: E402
 from t3d.eval.aup import aup  # noqa: E402
+
+CHAIN = v2.load_experiment(ROOT / "configs" / "experiments" / "study_chain.yaml")
+LABELS = {name: spec["label"] for name, spec in CHAIN["methods"].items()}
+
+
+def summarize(rows, ood_rows, steps, block_size):
+    return v2.summarize(rows, ood_rows, steps, block_size, LABELS)
 
 
 def row(checkpoint, S, accuracy, tpf, kind="steps"):
@@ -31,7 +38,7 @@ OOD = [row("base", 2, 0.50, 1.0), row("t3d_seed0", 2, 0.45, 1.0), row("t3d_seed1
 
 
 def test_summary_seed_means_aup_and_full_step_changes():
-    s = v2.summarize(ROWS, OOD, [2, 1], 2)
+    s = summarize(ROWS, OOD, [2, 1], 2)
     assert list(s) == ["base", "base_dynamic", "naive", "t3d"]  # fixed order, whatever the row order
     t3d = s["t3d"]
     assert t3d["seeds"] == 2 and t3d["by_setting"]["S=1"]["accuracy"] == [0.78, 0.76]
@@ -52,21 +59,21 @@ def test_summary_seed_means_aup_and_full_step_changes():
 
 
 def test_goal_is_non_overlapping_aup_and_full_step_within_one_point():
-    goal = v2.goal_check(v2.summarize(ROWS, OOD, [2, 1], 2))
+    goal = v2.goal_check(summarize(ROWS, OOD, [2, 1], 2))
     assert goal["aup_beats"] == {"base": True, "base_dynamic": True, "naive": True}
     assert goal["full_step_kept"] and goal["met"]
     # a T3D seed whose AUP falls below the naive baseline's: ranges overlap, not met
     weak = [dict(r, accuracy=0.55) if (r["checkpoint"], r["setting"]) == ("t3d_seed1", "S=1") else r for r in ROWS]
-    goal = v2.goal_check(v2.summarize(weak, OOD, [2, 1], 2))
+    goal = v2.goal_check(summarize(weak, OOD, [2, 1], 2))
     assert goal["aup_beats"]["naive"] is False and goal["met"] is False
     # exactly 1 point lost (as computed from k/n accuracies) is within the goal
     one = [dict(r, accuracy=0.79) if (r["checkpoint"], r["setting"]) in {("t3d_seed0", "S=2"), ("t3d_seed1", "S=2")}
            else r for r in ROWS]
-    assert v2.goal_check(v2.summarize(one, OOD, [2, 1], 2))["full_step_kept"] is True
+    assert v2.goal_check(summarize(one, OOD, [2, 1], 2))["full_step_kept"] is True
     # 1.5 points lost at full steps: not met, however good the AUP
     lost = [dict(r, accuracy=0.785) if (r["checkpoint"], r["setting"]) in {("t3d_seed0", "S=2"), ("t3d_seed1", "S=2")}
             else r for r in ROWS]
-    goal = v2.goal_check(v2.summarize(lost, OOD, [2, 1], 2))
+    goal = v2.goal_check(summarize(lost, OOD, [2, 1], 2))
     assert goal["full_step_change"] == pytest.approx(-0.015) and not goal["full_step_kept"] and not goal["met"]
 
 
@@ -77,31 +84,31 @@ def test_trained_checkpoints_are_scored_per_decoder_and_t3d_takes_its_better_one
     dyn = [row("t3d_seed0", 0.9, 0.80, 2.5, "threshold"), row("t3d_seed0", 0.5, 0.78, 3.0, "threshold"),
            row("t3d_seed1", 0.9, 0.79, 2.4, "threshold"), row("t3d_seed1", 0.5, 0.77, 2.9, "threshold"),
            row("naive_seed0", 0.9, 0.78, 2.2, "threshold"), row("naive_seed0", 0.5, 0.70, 2.6, "threshold")]
-    s = v2.summarize(ROWS + dyn, OOD, [2, 1], 2)
+    s = summarize(ROWS + dyn, OOD, [2, 1], 2)
     assert list(s) == ["base", "base_dynamic", "naive", "naive_dynamic", "t3d", "t3d_dynamic"]
     assert s["t3d_dynamic"]["label"] == "T3D (dynamic τ)" and s["t3d_dynamic"]["seeds"] == 2
     # y_max = 80, the best of all rows; by hand: 2.5 * 80 + 0.5 * (3.0 - 2.5) * (78 * exp(-3 * (1 - 78/80)) + 80)
     assert s["t3d_dynamic"]["aup"]["t3d_seed0"] == pytest.approx(200 + 0.25 * (78 * math.exp(-0.075) + 80))
     assert s["t3d_dynamic"]["aup"]["t3d_seed1"] == pytest.approx(aup([(2.4, 79.0), (2.9, 77.0)], 80.0)[0])
     assert s["t3d_dynamic"]["full_step_change"] is None and s["t3d_dynamic"]["ood_full_step"] is None
-    assert s["t3d"]["aup"] == v2.summarize(ROWS, OOD, [2, 1], 2)["t3d"]["aup"]  # static points unchanged
+    assert s["t3d"]["aup"] == summarize(ROWS, OOD, [2, 1], 2)["t3d"]["aup"]  # static points unchanged
     goal = v2.goal_check(s)
     assert goal["t3d_decoder"] == "t3d_dynamic" and goal["aup_beats"]["naive_dynamic"] is True and goal["met"]
     # naive's dynamic decoder above T3D's best lowest seed: not met
     strong = dyn + [row("naive_seed0", 0.3, 0.80, 4.0, "threshold")]
-    goal = v2.goal_check(v2.summarize(ROWS + strong, OOD, [2, 1], 2))
+    goal = v2.goal_check(summarize(ROWS + strong, OOD, [2, 1], 2))
     assert goal["aup_beats"]["naive_dynamic"] is False and not goal["met"]
     # a seeded T3D variant (the val-chosen beta) gets the same check under its own name
     variant = [dict(r, checkpoint=r["checkpoint"].replace("t3d_", "t3d_beta1_")) for r in ROWS + dyn
                if r["checkpoint"].startswith("t3d_")]
-    s = v2.summarize(ROWS + dyn + variant, OOD, [2, 1], 2)
+    s = summarize(ROWS + dyn + variant, OOD, [2, 1], 2)
     assert s["t3d_beta1_dynamic"]["label"] == "T3D, β = 1 (chosen on val) (dynamic τ)"
     goal = v2.goal_check(s, "t3d_beta1")
     assert goal["method"] == "t3d_beta1" and goal["t3d_decoder"] == "t3d_beta1_dynamic" and goal["met"]
 
 
 def test_table_lines():
-    s = v2.summarize(ROWS, OOD, [2, 1], 2)
+    s = summarize(ROWS, OOD, [2, 1], 2)
     lines = v2.markdown(s, [2, 1], [v2.goal_check(s)], 2).splitlines()
     assert lines[2] == "| base | 1 | 80.0 | 40.0 | 1.00 / 2.00 | 1.50 / 2.50 | 80.0 | – | – |"
     assert lines[3].startswith("| base (dynamic τ) | 1 | τ=0.9: 78.0; τ=0.5: 70.0 |  | 1.50 / 1.80 |")
@@ -127,8 +134,9 @@ def test_methods_share_the_budget_and_differ_in_one_key():
     keys = lambda p: set(_flat_keys(OmegaConf.to_container(OmegaConf.load(ROOT / p), resolve=False)))  # noqa: E731
     assert keys("configs/t3d_chain.yaml") == keys("configs/ddo_sdar_full_self.yaml")
     assert keys("configs/experiments/naive_sd_chain.yaml") == keys("configs/sft_tiny.yaml")  # sft_sdar.py's keys
-    for name, (_, script, overrides, _) in v2.METHODS.items():
-        if script == v2.T3D_SCRIPT:
+    for name, spec in CHAIN["methods"].items():
+        overrides = spec.get("overrides") or {}
+        if CHAIN["trainers"][spec["trainer"]]["script"] == "self_ddo_sdar_full.py":
             assert len(overrides) == (0 if name == "t3d" else 1), name
             for key, value in overrides.items():
                 assert OmegaConf.select(t3d, key) != value, (name, key)
@@ -144,7 +152,7 @@ def test_pipeline_on_a_tiny_slice(tmp_path):
     for split in ("train", "val", "test", "ood"):
         (data / f"mini_{split}.json").write_text(json.dumps(smoke[:8]))
     out, results = tmp_path / "out", tmp_path / "results"
-    v2.main(["--base", str(ROOT / "models" / "sdar-tiny"), "--out", str(out), "--results", str(results),
+    v2.main(["--experiment", str(ROOT / "configs" / "experiments" / "study_chain.yaml"), "--base", str(ROOT / "models" / "sdar-tiny"), "--out", str(out), "--results", str(results),
              "--data-dir", str(data), "--task", "mini", "--block-size", "4", "--max-token", "40",
              "--rollout-questions", "8", "--methods", "naive,t3d,path_only", "--seeds", "0", "--thresholds", "0.9,0.5",
              "--train-override", "training.block_size=4", "--train-override", "training.post_num=3",
@@ -176,9 +184,27 @@ def test_pipeline_on_a_tiny_slice(tmp_path):
     steps = [json.loads(line) for line in (out / "path_only_seed0" / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "path" in s]
     assert steps and all(s["loss"] == pytest.approx(0.2 * s["path"], rel=1e-6) for s in steps)
-    table = (results / "table.md").read_text().splitlines()
+    table = (results / "table.md").read_text().split("\n### ")[0].splitlines()  # the study's table; then uncertainty
+    extra = (results / "table.md").read_text()
+    assert "### AUP beside full-step (S=4) accuracy" in extra and "### Paired differences" in extra
+    assert {"S=4", "S=1", "AUP"} <= {c["metric"] for c in report["comparisons"]}
+    assert all(c["low"] <= c["diff"] + 1e-9 and c["diff"] <= c["high"] + 1e-9 for c in report["comparisons"])
     assert len([line for line in table if line.startswith("| ")]) == 1 + len(summary)
     assert (results / "accuracy_vs_tokens_per_forward.png").stat().st_size > 10_000
     commands = (results / "commands.sh").read_text()
     assert "# train_path_only_seed0: " in commands and "training.lambda_ddo=0.0" in commands
     subprocess.run(["bash", "-n", str(results / "commands.sh")], check=True)
+    # a rerun resumes: every finished job is kept (nothing decoded or trained again), the timings add up
+    seconds = json.loads((out / "stage_seconds.json").read_text())
+    history = (out / "logs" / "history.jsonl").read_text().count("\n")
+    v2.main(["--experiment", str(ROOT / "configs" / "experiments" / "study_chain.yaml"), "--base",
+             str(ROOT / "models" / "sdar-tiny"), "--out", str(out), "--results", str(results),
+             "--data-dir", str(data), "--task", "mini", "--block-size", "4", "--max-token", "40",
+             "--rollout-questions", "8", "--methods", "naive,t3d,path_only", "--seeds", "0", "--thresholds", "0.9,0.5",
+             "--train-override", "training.block_size=4", "--train-override", "training.post_num=3",
+             "--train-override", "training.batch_size_lm=4", "--train-override", "lr_scheduler.params.warmup_steps=1",
+             "--stages", "rollout,train,tune,eval,report"])
+    assert (out / "logs" / "history.jsonl").read_text().count("\n") == history  # no command ran
+    again = json.loads((out / "stage_seconds.json").read_text())
+    assert again["train"] >= seconds["train"] and again["report"] > seconds["report"]
+    assert json.loads((results / "results.json").read_text())["summary"] == summary
