@@ -213,7 +213,12 @@ def test_real_sdar_config_json_loads_with_sdar_semantics(tmp_path):
     assert type(model) is SDARForCausalLM and model.dtype == torch.float32
     assert (c.rope_theta, c.rope_scaling, c.tie_word_embeddings, c.use_cache) == (1e6, None, False, False)
     assert (c.fuse_cross_entropy, c.block_size, c.mask_token_id, c.sliding_window) == (True, 4, 47, None)
-    assert c._attn_implementation == "sdpa"  # the file's training-time flex_attention does not pick the kernel
+    # "auto": the file's own flex_attention, which runs forward on CPU; an explicit choice wins
+    assert c._attn_implementation == "flex_attention"
+    from t3d.model.checkpoint import load_model
+
+    assert load_model(str(tmp_path), attn_implementation="sdpa").config._attn_implementation == "sdpa"
+    assert load_model(str(tmp_path), training=True).config._attn_implementation == "sdpa"  # no CPU backward
     assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
     assert torch.equal(model.lm_head.weight, weights["lm_head.weight"])
     inv_freq = 1e6 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)

@@ -212,14 +212,14 @@ def test_non_finite_loss_stops_naming_the_step(tiny_dir, tmp_path):
     from t3d.model.checkpoint import load
 
     model, tok, _ = load(str(tiny_dir))
-    with torch.no_grad():
-        model.model.norm.weight.fill_(float("nan"))
-    model.save_pretrained(tmp_path / "nan-model")
-    tok.save_pretrained(tmp_path / "nan-model")
+    with torch.no_grad():  # finite weights (loading refuses NaN) whose logits overflow to inf
+        model.model.norm.weight.fill_(3e38)
+    model.save_pretrained(tmp_path / "huge-model")
+    tok.save_pretrained(tmp_path / "huge-model")
     data = records_file(tok, tmp_path, 8)
     out = subprocess.run(
         [sys.executable, "train/self_ddo_sdar_full.py",
-         *t3d_args(data, tmp_path / "exp", "experiment.save_every_steps=1", model=tmp_path / "nan-model")],
+         *t3d_args(data, tmp_path / "exp", "experiment.save_every_steps=1", model=tmp_path / "huge-model")],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (

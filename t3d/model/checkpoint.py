@@ -100,7 +100,9 @@ def adapter_base(path):
 
 def check_checkpoint(path):
     """Refuse, with one line naming the file, a directory that is not a loadable SDAR checkpoint:
-    config.json must be a JSON object with model_type 'sdar' and each safetensors file must be whole.
+    config.json must be a JSON object with model_type 'sdar' and sensible sizes (`check_config_values`), each
+    safetensors file must be whole, and together they must hold exactly the tensors that config describes, with
+    its shapes and dtype (`check_tensor_headers`; headers only, no weight is read).
     An adapter directory: its base must pass, and its adapter must be LoRA and whole; returns the base's config."""
     path = Path(path)
     if is_adapter(path):
@@ -118,9 +120,136 @@ def check_checkpoint(path):
     if config.get("model_type") != "sdar":
         raise CheckpointError(f"{config_file}: model_type {config.get('model_type')!r} is not an SDAR "
                               "block-diffusion model (expected 'sdar')")
-    for file in sorted(path.glob("*.safetensors")):
-        _check_safetensors(file)
+    check_config_values(config, config_file)
+    headers = {file: _check_safetensors(file) for file in sorted(path.glob("*.safetensors"))}
+    if headers:
+        check_tensor_headers(path, config, headers)
     return config
+
+
+def _positive_int(config, key, config_file, default=None):
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{config_file}: {key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_config_values(config, config_file):
+    """The sizes in a config.json must describe a buildable model; one line naming the first bad key."""
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        _positive_int(config, key, config_file)
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads")
+    kv_heads = heads if kv_heads is None else _positive_int(config, "num_key_value_heads", config_file)
+    if heads % kv_heads:
+        raise CheckpointError(f"{config_file}: num_key_value_heads {kv_heads} must divide num_attention_heads {heads}")
+    if config.get("head_dim") is None:
+        if config["hidden_size"] % heads:
+            raise CheckpointError(f"{config_file}: hidden_size {config['hidden_size']} is not divisible by "
+                                  f"num_attention_heads {heads} (and no head_dim is given)")
+    elif _positive_int(config, "head_dim", config_file) % 2:
+        raise CheckpointError(f"{config_file}: head_dim must be even (rotary embeddings rotate pairs), "
+                              f"got {config['head_dim']}")
+    eps = config.get("rms_norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise CheckpointError(f"{config_file}: rms_norm_eps must be a number in (0, 1), got {eps!r}")
+    dtype = config_dtype(config)
+    if dtype is not None and dtype not in DTYPES:
+        raise CheckpointError(f"{config_file}: torch_dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
+def config_dtype(config):
+    """The weights' dtype a config.json declares ('dtype' since transformers 4.56, 'torch_dtype' before), or None."""
+    dtype = config.get("dtype", config.get("torch_dtype"))
+    return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+# safetensors header dtype names of the floating dtypes a checkpoint may hold
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def expected_tensors(config):
+    """Tensor name -> shape of an SDARForCausalLM built from a config.json dict (on the meta device: no memory).
+    With tied embeddings lm_head.weight is the embedding, saved once: it is left out."""
+    import t3d.model.sdar  # noqa: F401
+    from t3d.model.sdar import SDARConfig, SDARForCausalLM
+
+    with torch.device("meta"):
+        model = SDARForCausalLM(SDARConfig.from_dict(dict(config)))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def check_tensor_headers(path, config, headers):
+    """Exactly the tensors `config` describes, each with its shape and the config's dtype, from the safetensors
+    headers alone; a sharded checkpoint's index must name only files that exist and tensors where they are."""
+    path = Path(path)
+    config_file = path / "config.json"
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        weight_map = _json_object(index_file).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_file}: no weight_map object")
+        for name, shard in weight_map.items():
+            if path / str(shard) not in headers:
+                raise CheckpointError(f"{index_file}: tensor {name} is in {shard}, which is missing")
+            if name not in headers[path / str(shard)]:
+                raise CheckpointError(f"{path / str(shard)}: tensor {name} is missing (the index places it there)")
+        headers = {file: header for file, header in headers.items() if file.name in set(weight_map.values())}
+    found = {}
+    for file, header in headers.items():
+        for name, meta in header.items():
+            if name in found:
+                raise CheckpointError(f"{file}: tensor {name} is also in {found[name][0].name}")
+            found[name] = (file, meta)
+    try:
+        expected = expected_tensors(config)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{config_file}: cannot build the model it describes ({first_line(err)})") from None
+    tied = bool(config.get("tie_word_embeddings", False))
+    for name in expected:
+        if name not in found:
+            raise CheckpointError(f"{path}: tensor {name} is missing from the weights{_layers_note(config, found)}")
+    dtype = config_dtype(config)
+    want_dtype, first_dtype = DTYPES.get(dtype) if dtype else None, None
+    for name, (file, meta) in found.items():
+        shape = expected.get(name, expected.get("model.embed_tokens.weight") if tied and name == "lm_head.weight" else None)
+        if shape is None:
+            raise CheckpointError(f"{file}: unexpected tensor {name}, not part of the model config.json "
+                                  f"describes{_layers_note(config, found)}")
+        if tuple(meta.get("shape", ())) != shape:
+            raise CheckpointError(f"{file}: tensor {name} has shape {list(meta.get('shape', ()))}, "
+                                  f"config.json gives {list(shape)}")
+        got = SAFETENSORS_DTYPES.get(meta.get("dtype"))
+        first_dtype = first_dtype or got
+        # the config's dtype, or fp32 (a lossless superset); without a config dtype, one dtype throughout
+        ok = got is not None and (got in (want_dtype, torch.float32) if want_dtype is not None else got == first_dtype)
+        if not ok:
+            want = (f"config.json's {dtype} (or F32)" if want_dtype is not None
+                    else "one floating dtype (F32, BF16 or F16) for every tensor")
+            raise CheckpointError(f"{file}: tensor {name} has dtype {meta.get('dtype')}, expected {want}")
+
+
+def _layers_note(config, found):
+    layers = {int(n.split(".")[2]) for n in found if n.startswith("model.layers.") and n.split(".")[2].isdigit()}
+    if len(layers) == config["num_hidden_layers"]:
+        return ""
+    return f" (config.json has num_hidden_layers={config['num_hidden_layers']}, the weights hold {len(layers)} layers)"
+
+
+def check_finite(model, where):
+    """No NaN or Inf in any weight (per tensor, in slices so the check needs little memory); one line naming
+    the first bad tensor."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            flat = tensor.reshape(-1)
+            for start in range(0, flat.numel(), 1 << 24):
+                if not torch.isfinite(flat[start:start + (1 << 24)]).all():
+                    raise CheckpointError(f"{where}: tensor {name} holds NaN or Inf values")
 
 
 def _check_safetensors(file):
@@ -138,6 +267,7 @@ def _check_safetensors(file):
     if not ends or max(ends) != size - 8 - n:
         raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({size} bytes; the header "
                               f"describes {8 + n + max(ends, default=0)})")
+    return {k: t for k, t in header.items() if k != "__metadata__"}
 
 
 def resolve_checkpoint(path_or_id):
@@ -196,34 +326,87 @@ def stop_token_ids(tokenizer):
     return sorted(i for i in ids if i is not None)
 
 
-def load_model(path, dtype="fp32", device="cpu"):
-    """An SDAR model from a checkpoint directory (an adapter directory: its base with the adapter merged in, a
-    plain model for decoding); anything else is a one-line CheckpointError."""
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager")
+
+
+def attn_implementation_problem(name, device="cpu", training=False):
+    """Why attention implementation `name` cannot run here (None when it can)."""
+    if name not in ATTN_IMPLEMENTATIONS[1:]:
+        return f"unknown attention implementation {name!r} (expected one of {', '.join(ATTN_IMPLEMENTATIONS)})"
+    on_cuda = str(device).startswith("cuda")
+    if name == "flex_attention":
+        try:
+            import torch.nn.attention.flex_attention  # noqa: F401
+        except ImportError:
+            return "flex_attention needs torch >= 2.5"
+        if training and not on_cuda:
+            return "flex_attention has no CPU backward in this torch (training on CPU needs sdpa or eager)"
+    if name == "flash_attention_2":
+        from t3d.model.sdar.modeling_sdar import _flash_attn_func
+
+        if not on_cuda or _flash_attn_func() is None:
+            return "flash_attention_2 needs the flash-attn package and a CUDA device"
+    return None
+
+
+def choose_attn_implementation(requested, config, device="cpu", training=False):
+    """The attention kernel to run: `requested`, or for "auto" the checkpoint config.json's own
+    attn_implementation when it runs on this device (and, when training, has a backward here), else sdpa.
+    An explicit choice that cannot run here is a one-line CheckpointError."""
+    requested = "auto" if requested in (None, "") else str(requested)
+    if requested == "auto":
+        own = config.get("attn_implementation")
+        return own if own and attn_implementation_problem(own, device, training) is None else "sdpa"
+    problem = attn_implementation_problem(requested, device, training)
+    if problem:
+        raise CheckpointError(f"attn_implementation: {problem}")
+    return requested
+
+
+def load_model(path, dtype="fp32", device="cpu", attn_implementation="auto", training=False):
+    """An SDAR model from a checkpoint directory, its weights created directly in `dtype` (no fp32 copy of a
+    bf16 model); an adapter directory gives its base with the adapter merged in, a plain model for decoding.
+
+    Before loading, the config's sizes and every safetensors header are checked against each other
+    (`check_checkpoint`); after, every weight must be finite. `attn_implementation`: see
+    `choose_attn_implementation` (`training`: the model will run backward, which flex_attention lacks on CPU);
+    the choice is in `model.config._attn_implementation`. Anything wrong is a one-line CheckpointError."""
     import t3d.model.sdar  # noqa: F401  (registers SDAR with the Auto classes)
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    check_checkpoint(path)
+    config = check_checkpoint(path)
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise CheckpointError(f"dtype '{dtype}': expected one of {', '.join(DTYPES)}")
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    implementation = choose_attn_implementation(attn_implementation, config, device, training)
     if is_adapter(path):
         from peft import PeftModel
 
-        base = load_model(adapter_base(path), dtype, "cpu")
+        base = load_model(adapter_base(path), dtype, "cpu", implementation, training)
         try:
             model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
             raise CheckpointError(f"{path}: cannot apply the adapter to its base ({first_line(err)})") from None
+        check_finite(model, f"{path} (merged with its base)")
         return model.to(device).eval()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, SafetensorError) as err:
+        # loaded with sdpa (transformers validates its own kernel names), then switched: SDAR reads the choice
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                                           output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{path}: cannot load the model ({first_line(err)})") from None
+    # the safetensors headers were checked already; this catches the same for other weight formats (.bin)
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        if info.get(kind):
+            first = sorted(info[kind])[0]
+            first = first[0] if isinstance(first, tuple) else first
+            raise CheckpointError(f"{path}: tensor {first} is {kind.split('_')[0]} in the weights")
+    check_finite(model, path)
+    model.config._attn_implementation = implementation
     return model.to(device).eval()
 
 
-def load(path_or_id, dtype="fp32", device="cpu"):
+def load(path_or_id, dtype="fp32", device="cpu", attn_implementation="auto"):
     path = resolve_checkpoint(path_or_id)
-    return load_model(path, dtype, device), load_tokenizer(path), path
-
+    return load_model(path, dtype, device, attn_implementation), load_tokenizer(path), path

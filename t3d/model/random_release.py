@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from t3d.model.checkpoint import DTYPES, CheckpointError
+from t3d.model.checkpoint import DTYPES, CheckpointError, expected_tensors
 
 INDEX = "model.safetensors.index.json"
 LAYER_PREFIX = "model.layers."
@@ -24,24 +24,10 @@ def _layer_of(name):
     return int(name[len(LAYER_PREFIX):].split(".", 1)[0]) if name.startswith(LAYER_PREFIX) else None
 
 
-def expected_shapes(config):
-    """Tensor name -> shape of an SDARForCausalLM with this config (built on the meta device: no memory)."""
-    from t3d.model.sdar import SDARForCausalLM
-
-    with torch.device("meta"):
-        model = SDARForCausalLM(config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        shapes.pop("lm_head.weight", None)  # saved once, as the embedding
-    return shapes
-
-
 def build_random_checkpoint(release_dir, out, num_hidden_layers=2, seed=0, std=0.02):
     """Write the checkpoint into `out` (created); returns `out` as a Path. Tensors the release's index places
     in a shard stay in that shard (layers beyond `num_hidden_layers` are left out), and a new index is written."""
     from safetensors.torch import save_file
-
-    from t3d.model.sdar import SDARConfig
 
     release, out = Path(release_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +39,7 @@ def build_random_checkpoint(release_dir, out, num_hidden_layers=2, seed=0, std=0
             shutil.copyfile(file, out / file.name)
 
     dtype = DTYPES[str(config_json.get("torch_dtype", "float32")).replace("torch.", "")]
-    shapes = expected_shapes(SDARConfig.from_dict(config_json))
+    shapes = expected_tensors(config_json)
     weight_map = json.loads((release / INDEX).read_text(encoding="utf-8"))["weight_map"]
     kept = {name: shard for name, shard in weight_map.items()
             if _layer_of(name) is None or _layer_of(name) < num_hidden_layers}
