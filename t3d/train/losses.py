@@ -1,6 +1,7 @@
 """T3D objective: DDO on trajectory states plus the step-map path loss; masked CE for SFT.
 
-Notation (the original T3D code's): l_m(y) = mean over masked positions of log p_m(y_i | x_t) per sample;
+Notation (the original T3D code's): l_m(y) = mean over masked positions of log p_m(y_i | x_t) per sample (or, with
+training.ddo_reduction=sum, the sum: the sequence log-likelihood of the masked tokens);
     L = mean[-log s(b(l_th(y_real) - l_ref(y_real)))] + a * mean[-log(1 - s(b(l_th(y_fake) - l_ref(y_fake))))]
 with y_real the rollout tokens and y_fake the reference's prediction from the same noisy input.
 """
@@ -19,6 +20,39 @@ def masked_mean(values, mask):
     """Per-row mean of values [b, L] over mask [b, L] -> [b] (rows without a masked position give 0)."""
     mask = mask.to(values.dtype)
     return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def masked_sum(values, mask):
+    """Per-row sum of values [b, L] over mask [b, L] -> [b]."""
+    return (values * mask.to(values.dtype)).sum(1)
+
+
+def discriminator_accuracy(real_margin, fake_margin):
+    """Share of samples the implicit discriminator gets right: real ones with a positive margin
+    b(l_th - l_ref), fake ones with a negative margin. A zero margin (target == reference) counts as wrong."""
+    right = (real_margin > 0).sum() + (fake_margin < 0).sum()
+    return right.float() / max(real_margin.numel() + fake_margin.numel(), 1)
+
+
+def scale_grad(value, scale):
+    """`value` unchanged, its gradient multiplied by `scale` (value - value.detach() is exactly 0)."""
+    return value.detach() + scale * (value - value.detach())
+
+
+def gradient_share(first, second, inputs):
+    """||d first / d inputs|| / (||d first / d inputs|| + ||d second / d inputs||): the share of the two terms'
+    gradient norm that comes from `first` (0 when both gradients vanish). The graph is kept for the backward."""
+    def norm(term):
+        if not term.requires_grad:
+            return torch.zeros((), device=term.device)
+        grads = [g for g in torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True) if g is not None]
+        if not grads:
+            return torch.zeros((), device=term.device)
+        return torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+
+    a, b = norm(first), norm(second)
+    total = a + b
+    return torch.where(total > 0, a / total.clamp(min=torch.finfo(total.dtype).tiny), torch.zeros_like(a))
 
 
 def fake_tokens(ref_logits, temperature, u=None):

@@ -4,7 +4,7 @@ Both run the model on the `[prompt | clean | tail slot | noisy]` layout of `t3d.
 response columns only (`logits_to_keep=noisy_slice`), and read just the log-probabilities they need from the
 LM head, chunk by chunk (`t3d.train.token_logprobs`): no [b, L, V] logits or log-probabilities are ever held.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,29 +45,68 @@ class T3DSettings:
     lambda_path: float = 0.2
     lambda_ddo: float = 1.0  # 0 = path loss only (an ablation)
     logits_budget_bytes: int = tlp.LOGITS_BUDGET_BYTES  # one chunk of fp32 logits (memory, not numbers)
+    ddo_reduction: str = "mean"  # mean (the original) or sum over the masked tokens of each sample's log-ratio
+    ddo_grad_scale: float = 1.0  # multiplies the DDO gradient only: the logged loss keeps its meaning
+    reference_update: str = "rounds"  # rounds: refreshed by the trainer at round ends; ema: moved every step here
+    ema_decay: float = 0.999
+    exact_grad_share: bool = False  # opt-in: two extra backward passes for the parameter-gradient share
+    ema_state: dict = field(default_factory=dict, init=False, repr=False)
+
+
+@torch.no_grad()
+def ema_update(ref, model, decay, state):
+    """ref <- decay * ref + (1 - decay) * model, once per optimizer step: the update is skipped while the
+    model's parameters are unchanged since the last one (micro-batches of one accumulation window), which the
+    tensors' version counters tell without comparing values. Returns whether it moved the reference."""
+    params = list(model.parameters())
+    version = sum(p._version for p in params)
+    if state.get("version") == version:
+        return False
+    state["version"] = version
+    for p_ref, p in zip(ref.parameters(), params):
+        if p_ref.shape != p.shape:  # e.g. ZeRO-3 partitions the target's parameters
+            raise ValueError("training.reference_update=ema needs the target's full parameters on every process "
+                             f"(got {tuple(p.shape)} for a reference parameter of {tuple(p_ref.shape)})")
+        p_ref.lerp_(p.detach().to(p_ref.dtype), 1.0 - decay)  # lerp: exactly ref when ref == model
+    return True
 
 
 def t3d_micro_step(model, ref_model, batch, epoch, s):
     """One reference forward (no grad) and one target forward on the same noisy input -> (loss, parts)."""
+    if s.reference_update == "ema":
+        ema_update(ref_model, model, s.ema_decay, s.ema_state)
     noise = noising.t3d_noise(batch, epoch, s.seed, s.block_size, s.mask_id, s.mask_strategy, s.mask_ratios,
                               s.mask_ratio_exponent, s.random_ratio, s.vocab_ids)
     real, masked, budget = batch["response_ids"], noise["masked"], s.logits_budget_bytes
+    reduce = losses.masked_sum if s.ddo_reduction == "sum" else losses.masked_mean
     with torch.no_grad():
         u = noising.uniform(s.seed, epoch, noising.FAKE_SAMPLE, batch["index"], real.shape[1])
         fake, ref_logp = noisy_forward(ref_model, batch, noise["noisy"], s.block_size,
                                        head_fn=tlp.reference_choice(real, s.reference_temp, u, budget)).head_output
-        ref_real, ref_fake = (losses.masked_mean(v, masked) for v in ref_logp.unbind(-1))
+        ref_real, ref_fake = (reduce(v, masked) for v in ref_logp.unbind(-1))
     logp = noisy_forward(model, batch, noise["noisy"], s.block_size,
                          head_fn=tlp.token_logprobs(torch.stack([real, fake], -1), budget)).head_output
     tok_real, tok_fake = logp.unbind(-1)
-    ddo, ddo_real, ddo_fake = losses.ddo_loss(
-        losses.masked_mean(tok_real, masked), ref_real, losses.masked_mean(tok_fake, masked), ref_fake, s.alpha, s.beta,
-    )
+    l_real, l_fake = reduce(tok_real, masked), reduce(tok_fake, masked)
+    ddo, ddo_real, ddo_fake = losses.ddo_loss(l_real, ref_real, l_fake, ref_fake, s.alpha, s.beta)
     real_pos = torch.arange(real.shape[1], device=real.device)[None] < batch["real_len"][:, None]
     path = losses.path_loss(-tok_real, noise["rank"], real_pos, s.path_k_steps, s.block_size)
+    if s.ddo_grad_scale != 1.0:
+        ddo = losses.scale_grad(ddo, s.ddo_grad_scale)
     loss = s.lambda_ddo * ddo + s.lambda_path * path
-    return loss, {"loss": loss, "ddo_real": ddo_real, "ddo_fake": ddo_fake, "path": path,
-                  "mask_ratio": noise["ratio"].float().mean()}
+    with torch.no_grad():
+        disc_acc = losses.discriminator_accuracy(s.beta * (l_real - ref_real), s.beta * (l_fake - ref_fake))
+    parts = {"loss": loss, "ddo_real": ddo_real, "ddo_fake": ddo_fake, "path": path,
+             "mask_ratio": noise["ratio"].float().mean(), "disc_acc": disc_acc}
+    if logp.requires_grad:
+        # Both terms reach the parameters only through these per-token log-probabilities, so their gradients
+        # there split the signal at no cost (a backward through a few [b, L] ops, no model or head pass).
+        parts["ddo_grad_share"] = losses.gradient_share(s.lambda_ddo * ddo, s.lambda_path * path, [logp]).detach()
+        if s.exact_grad_share:  # the parameters' own gradients: two extra backward passes through the model
+            params = [p for p in model.parameters() if p.requires_grad]
+            parts["ddo_grad_share_exact"] = losses.gradient_share(s.lambda_ddo * ddo, s.lambda_path * path,
+                                                                  params).detach()
+    return loss, parts
 
 
 def sft_micro_step(model, batch, epoch, seed, block_size, mask_id, logits_budget_bytes=tlp.LOGITS_BUDGET_BYTES):
