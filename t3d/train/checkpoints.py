@@ -29,8 +29,11 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from t3d.train import lora
 from t3d.train.runtime import TrainingError
+from t3d.common.errors import first_line
 from t3d.common.config import flatten, save_config
 from t3d.common.io import append_text, atomic_write_json, atomic_write_text
 from t3d.model.checkpoint import content_fingerprint
@@ -186,8 +189,12 @@ def write_manifest(directory, fingerprint, step):
     atomic_write_json(Path(directory) / MANIFEST, {"step": step, "fingerprint": fingerprint, "files": files})
 
 
-def save_state(accelerator, model, dest, fingerprint, step):
-    """accelerator.save_state into a temp dir on every rank; the main process adds the manifest and renames."""
+OBJECTS = "t3d_objects.pt"  # the scheduler, loop position and a full reference's weights: tensors and plain data
+
+
+def save_state(accelerator, model, dest, fingerprint, step, objects=()):
+    """accelerator.save_state into a temp dir on every rank; the main process adds `objects`' state dicts (loaded
+    back with torch.load(weights_only=True): no pickled code runs on resume) and the manifest, then renames."""
     dest = Path(dest)
     tmp = dest.parent / f".tmp-{dest.name}"
     if accelerator.is_main_process:
@@ -198,9 +205,26 @@ def save_state(accelerator, model, dest, fingerprint, step):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with _writing(dest, tmp, False):
+            torch.save([obj.state_dict() for obj in objects], tmp / OBJECTS)
             write_manifest(tmp, fingerprint, step)
             _publish(tmp, dest)
     accelerator.wait_for_everyone()
+
+
+def load_objects(state_dir, objects):
+    """Restore what save_state saved beside accelerate's state, without unpickling code."""
+    path = Path(state_dir) / OBJECTS
+    if not path.is_file():
+        raise TrainingError(f"{state_dir}: no {OBJECTS} (a state written by an earlier t3d version); "
+                            "set experiment.start_from_scratch=true")
+    try:
+        states = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused (a forged file) or a damaged one
+        raise TrainingError(f"{path}: cannot load ({first_line(err, limit=160)})") from None
+    if len(states) != len(objects):
+        raise TrainingError(f"{path}: holds {len(states)} objects, this run saves {len(objects)}")
+    for obj, state in zip(objects, states):
+        obj.load_state_dict(state)
 
 
 def _numbered(directory, pattern):
@@ -351,6 +375,12 @@ class MetricsLog:
         if not enabled:
             return
         rows = read_metrics(self.path, log) if resume_step is not None else []
+        if resume_step and not rows:
+            log(f"note: {self.path} is missing or empty: the metrics of steps 1-{resume_step} are lost; "
+                f"this run's file starts at step {resume_step + 1}")
+        elif resume_step and rows[-1][0] < resume_step:
+            log(f"note: {self.path} ends at step {rows[-1][0]}: the metrics of steps {rows[-1][0] + 1}-{resume_step} "
+                "are lost")
         atomic_write_text(self.path, "".join(line + "\n" for step, line in rows if step <= resume_step))
 
     def write(self, record):

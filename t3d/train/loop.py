@@ -18,6 +18,7 @@ from t3d.train.optim import learning_rate, make_optimizer, make_scheduler
 from t3d.train.runtime import TrainingError, start_tracker
 from t3d.common.errors import error_line
 from t3d.common.config import save_config
+from t3d.common.io import OutputLock, OutputLocked
 
 SUMMED = ("tokens",)  # logged as totals over the step; every other part is a mean over micro-batches
 
@@ -54,6 +55,7 @@ class Run:
     root: Path
     state: Path = None  # the state to resume from; None = fresh start
     fingerprint: dict = None  # main process only: written into every resume state's manifest
+    lock: object = None  # main process only: the run directory's OutputLock, released when fit ends
 
 
 def open_run(cfg, accelerator, root, data_path, model_dir):
@@ -61,21 +63,24 @@ def open_run(cfg, accelerator, root, data_path, model_dir):
     checkpoints.choose_start), then the resolved config and the tracker."""
     from accelerate.utils import broadcast_object_list
 
-    fingerprint, decision = None, ["fresh", None]
+    fingerprint, decision, lock = None, ["fresh", None], None
     if accelerator.is_main_process:
         try:
+            lock = OutputLock(root).acquire()  # one run per run directory, for its whole life
             fingerprint = ck.run_fingerprint(cfg, data_path, model_dir, accelerator.num_processes)
             state = ck.choose_start(cfg, root, fingerprint, accelerator.print)
             decision = ["resume", str(state)] if state else ["fresh", None]
-        except (TrainingError, OSError) as err:  # every rank stops, with the main process's line
+        except (TrainingError, OutputLocked, OSError) as err:  # every rank stops, with the main process's line
             decision = ["error", error_line(err)]
+            if lock is not None and not isinstance(err, OutputLocked):
+                lock.release()
     decision = broadcast_object_list(decision)
     if decision[0] == "error":
         raise TrainingError(decision[1])
     if accelerator.is_main_process:
         save_config(cfg, root)
     start_tracker(accelerator, cfg, root, resuming=decision[0] == "resume")
-    return Run(Path(root), Path(decision[1]) if decision[1] else None, fingerprint)
+    return Run(Path(root), Path(decision[1]) if decision[1] else None, fingerprint, lock)
 
 
 def _prepare(cfg, accelerator, model, tokenizer, examples, extra_state):
@@ -93,36 +98,46 @@ def _prepare(cfg, accelerator, model, tokenizer, examples, extra_state):
     # stepped by the loop on the raw optimizer's param groups (accelerate would step it once per process)
     scheduler = make_scheduler(raw_optimizer, cfg, total_steps)
     loop = ck.LoopState((accelerator.num_processes, int(tr.batch_size_lm), accum, len(examples)))
-    accelerator.register_for_checkpointing(scheduler, loop, *extra_state)
-    return model, optimizer, loader, sampler, scheduler, loop, total_steps
+    saved_objects = (scheduler, loop, *extra_state)  # saved beside accelerate's state, loaded without pickle
+    return model, optimizer, loader, sampler, scheduler, loop, total_steps, saved_objects
 
 
-def _resume_or_start(accelerator, run, loop, epochs):
+def _resume_or_start(accelerator, run, loop, epochs, saved_objects):
     if run.state is None:
         accelerator.print(f"fresh start in {run.root}")
         return ck.MetricsLog(run.root / "metrics.jsonl", accelerator.is_main_process, log=accelerator.print)
     accelerator.load_state(str(run.state))
+    ck.load_objects(run.state, saved_objects)
     accelerator.print(f"resuming from {run.state}: step {loop.global_step}, epoch {loop.epoch + 1} of {epochs} "
                       "(experiment.start_from_scratch=true starts over instead)")
     return ck.MetricsLog(run.root / "metrics.jsonl", accelerator.is_main_process, loop.global_step, log=accelerator.print)
 
 
 def fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, *, extra_state=(), on_epoch_end=None):
-    """Train from `run` (open_run); returns the model. The final model goes to <run dir>/ckpt/<name>."""
+    """Train from `run` (open_run); returns the model. The final model goes to <run dir>/ckpt/<name>. The run
+    directory's lock is released when training ends, however it ends."""
+    try:
+        return _fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, extra_state, on_epoch_end)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _fit(cfg, accelerator, run, model, tokenizer, examples, micro_step, extra_state, on_epoch_end):
     from tqdm.auto import tqdm
 
     exp, name, epochs = cfg.experiment, str(cfg.model.optimized_name), int(cfg.training.num_train_epochs)
     root = run.root
-    model, optimizer, loader, sampler, scheduler, loop, total_steps = _prepare(
+    model, optimizer, loader, sampler, scheduler, loop, total_steps, saved_objects = _prepare(
         cfg, accelerator, model, tokenizer, examples, extra_state)
-    metrics = _resume_or_start(accelerator, run, loop, epochs)
+    metrics = _resume_or_start(accelerator, run, loop, epochs, saved_objects)
     accum, n_batches = accelerator.gradient_accumulation_steps, len(loader)
     clip = float(exp.max_grad_norm) if exp.gradient_clipping else math.inf
 
     def checkpoint():
         step = loop.global_step
         ck.save_model(accelerator, model, tokenizer, cfg, root / "ckpt" / f"{name}-step{step}")
-        ck.save_state(accelerator, model, root / "state" / f"step-{step}", run.fingerprint, step)
+        ck.save_state(accelerator, model, root / "state" / f"step-{step}", run.fingerprint, step, saved_objects)
         if accelerator.is_main_process:
             ck.prune(root / "ckpt", rf"{name}-step(\d+)", exp.checkpoints_total_limit)
             ck.prune(root / "state", r"step-(\d+)", exp.checkpoints_total_limit)
