@@ -29,7 +29,7 @@ from t3d.eval import sandbox
 from t3d.eval.aup import aup
 from t3d.eval.grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
 from t3d.eval.layout import finished_result, read_json, result_dir, result_settings, sweep_dir
-from t3d.eval.settings import DYNAMIC, EvalJob, Setting, checkpoint_list, sweep_settings  # noqa: F401  (API)
+from t3d.eval.settings import EvalJob, Setting, checkpoint_list, sweep_settings  # noqa: F401  (parsers: re-exported)
 from t3d.model.checkpoint import check_checkpoint, content_fingerprint, resolve_checkpoint
 from t3d.tasks.prompting import DATA_TYPES
 
