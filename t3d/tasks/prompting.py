@@ -45,5 +45,32 @@ def build_prompt(tokenizer, item, data_type, start_with_think=False):
     return prompt
 
 
+_CONTENT = "\ue000t3d-user-content\ue000"  # a private-use sentinel no template or user text contains
+
+
+def _chat_frame(tokenizer):
+    """(text before, text after) a user message's content in the tokenizer's chat template."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _CONTENT}], add_generation_prompt=True,
+                                         tokenize=False)
+    before, _, after = text.partition(_CONTENT)
+    return before, after
+
+
 def encode_prompt(tokenizer, prompt):
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    """Token ids of a chat-templated prompt. Control-token text typed inside the user's part (a question that
+    mentions "<|im_end|>") is encoded as the characters it is, so it cannot close the turn or open another;
+    the template's own markers stay control tokens. A prompt without such text encodes as one tokenizer call."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    controls = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    before, after = _chat_frame(tokenizer) if getattr(tokenizer, "chat_template", None) else ("", "")
+    if not before or not prompt.startswith(before) or after not in prompt[len(before):]:
+        return ids  # not a chat turn of this template: encoded as given
+    end = prompt.rindex(after)
+    user, rest = prompt[len(before):end], prompt[end + len(after):]
+    if not any(c in user or c in rest for c in controls):
+        return ids
+
+    def encode(text, split):
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"] if text else []
+
+    return encode(before, False) + encode(user, True) + encode(after, False) + encode(rest, True)
