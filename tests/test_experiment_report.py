@@ -128,7 +128,7 @@ def test_bootstrap_comparisons_match_the_summary(rows):
 
 # --------------------------------------------------------------------------------- experiments and resuming
 def test_experiment_files_load_and_flags_override():
-    for name in ("study_tiny", "study_chain", "study_tiny_ablations"):
+    for name in ("study_tiny", "study_chain", "study_tiny_ablations", "demo_val"):
         exp = rx.load_experiment(ROOT / "configs" / "experiments" / f"{name}.yaml")
         for spec in exp["trainers"].values():
             assert (ROOT / spec["config"]).is_file()
