@@ -1,6 +1,6 @@
 """The T3D pipeline as subprocess calls of the documented command-line tools.
 
-Shared by `scripts/quickstart.py`, `scripts/run_experiment.py`, `scripts/run_experiment_v2.py` and the tests: every stage is the
+Shared by `scripts/quickstart.py`, `scripts/run_experiment.py` and the tests: every stage is the
 command a user would type (`sample/sdar_sample.py` from `sample/`, `data/rename_key.py`,
 `train/self_ddo_sdar_full.py`, `train/sft_sdar.py`, `eval.py`), so these scripts exercise the real CLIs.
 Each command's output goes to a log file; a failing stage stops the run with the log's tail.
