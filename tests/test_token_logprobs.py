@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from benchmarks.bench_loss_memory import full_logits_sft_loss, full_logits_t3d_micro_step  # the oracle
 from t3d.model.sdar import SDARConfig, SDARForCausalLM
@@ -153,6 +155,139 @@ def test_head_runs_between_lm_head_hooks_as_zero3_needs():
     assert torch.allclose(out, want, atol=1e-6, rtol=0)
     assert torch.allclose(hidden.grad, oracle_h.grad, atol=1e-6)
     assert torch.allclose(head.weight.grad, oracle_w.grad, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the weight gradient goes into .grad in place
+
+class Allocations(TorchDispatchMode):
+    """Every new tensor storage the ops under it create: (op, bytes). Deterministic, unlike RSS or timing;
+    views, in-place and out= results reuse an input's storage and are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        seen = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if torch.is_tensor(t)}
+        for t in tree_flatten(out)[0]:
+            if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                self.made.append((str(func), t.untyped_storage().nbytes()))
+        return out
+
+
+def head_case(vocab=4096, width=64, n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(width, vocab, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab, width, generator=g) * 0.3)
+    hidden = torch.randn(1, n, width, generator=g, requires_grad=True)
+    tokens = torch.randint(0, vocab, (1, n, 2), generator=g)
+    weights = torch.randn(1, n, 2, generator=g)
+    budget = n * 256 * 4  # backward: 256 vocabulary rows per slice, 16 slices
+    return head, hidden, tokens, weights, budget
+
+
+def oracle_head_grads(head, hidden, tokens, weights):
+    w, h = head.weight.detach().clone().requires_grad_(), hidden.detach().clone().requires_grad_()
+    ((torch.log_softmax(h @ w.T, -1).gather(-1, tokens)) * weights).sum().backward()
+    return h.grad, w.grad
+
+
+def close(got, want, tol=1e-6):
+    """Within tol x max(1, the largest entry), as `assert_same` compares gradients."""
+    return (got - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
+def test_weight_gradient_is_added_into_preallocated_grad_without_weight_sized_buffers():
+    """With .grad allocated (as between training steps) the head's backward allocates less than half of one
+    [V, H] in total: no [V, H] buffer and no per-slice [rows, H] products (16 of those would sum to one [V, H])."""
+    head, hidden, tokens, weights, budget = head_case()
+    vocab_by_width = head.weight.numel() * 4
+    fn = tlp.token_logprobs(tokens, budget)
+    (fn(hidden, head) * weights).sum().backward()  # allocates .grad
+    first = head.weight.grad.clone()
+    storage = head.weight.grad.data_ptr()
+    loss = (fn(hidden, head) * weights).sum()
+    with Allocations() as made:
+        loss.backward()
+    assert sum(b for _, b in made.made) < vocab_by_width / 2, sorted(made.made, key=lambda m: -m[1])[:5]
+    assert head.weight.grad.data_ptr() == storage  # accumulated where it was
+    grad_h, grad_w = oracle_head_grads(head, hidden, tokens, weights)
+    assert close(head.weight.grad, first + grad_w)
+    assert close(hidden.grad, 2 * grad_h)
+
+
+def test_tied_embedding_backward_holds_only_the_embeddings_own_dense_gradient():
+    """lm_head.weight is embed_tokens.weight: the only [V, H] the backward allocates is the embedding's dense
+    gradient (a head buffer would sit in autograd's input buffer through the whole backward and then be summed)."""
+    vocab = 2000
+    model = random_model(vocab, tie=True, seed=6).train()
+    ref = random_model(vocab, tie=True, seed=7).eval()
+    batch = batch_of(vocab, seed=4)
+    s = settings(vocab, 7)  # 30 positions: 5 vocabulary slices in backward
+    t3d_micro_step(model, ref, batch, 0, s)[0].backward()
+    first = {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss = t3d_micro_step(model, ref, batch, 0, s)[0]
+    with Allocations() as made:
+        loss.backward()
+    weight_sized = [m for m in made.made if m[1] >= vocab * 32 * 4]
+    assert [op for op, _ in weight_sized] == ["aten.embedding_dense_backward.default"], weight_sized
+    got = {n: p.grad for n, p in model.named_parameters()}
+    old = loss_and_grads(lambda m: full_logits_t3d_micro_step(m, ref, batch, 0, s), model)
+    assert_same(({}, {n: g - first[n] for n, g in got.items()}), ({}, old[1]), 1e-6)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_preallocated_grads_accumulate_to_the_full_logits_gradients(tie):
+    vocab = 500
+    model = random_model(vocab, tie=tie, seed=8).train()
+    ref = random_model(vocab, tie=tie, seed=9).eval()
+    batch = batch_of(vocab, seed=5)
+    s = settings(vocab, 4, reference_temp=0.7)
+    old = loss_and_grads(lambda m: full_logits_t3d_micro_step(m, ref, batch, 0, s), model)
+    offset = {n: torch.randn(p.shape, generator=torch.Generator().manual_seed(i))
+              for i, (n, p) in enumerate(model.named_parameters())}
+    for n, p in model.named_parameters():
+        p.grad = offset[n].clone()
+    t3d_micro_step(model, ref, batch, 0, s)[0].backward()
+    assert_same(({}, {n: p.grad - offset[n] for n, p in model.named_parameters()}), ({}, old[1]), 1e-6)
+
+
+def test_autograd_grad_and_backward_inputs_leave_grad_alone():
+    """torch.autograd.grad captures the weight's gradient instead of storing it, and backward(inputs=...) without
+    the weight does not accumulate it: .grad must stay as it was, and autograd.grad must return the gradient."""
+    head, hidden, tokens, weights, budget = head_case(vocab=300, n=6)
+    fn = tlp.token_logprobs(tokens, 6 * 50 * 4)
+    head.weight.grad = torch.full_like(head.weight, 0.25)
+    grad_h, grad_w = torch.autograd.grad((fn(hidden, head) * weights).sum(), [hidden, head.weight])
+    want_h, want_w = oracle_head_grads(head, hidden, tokens, weights)
+    assert close(grad_w, want_w) and close(grad_h, want_h)
+    (fn(hidden, head) * weights).sum().backward(inputs=[hidden])
+    assert torch.equal(head.weight.grad, torch.full_like(head.weight, 0.25))
+    (fn(hidden, head) * weights).sum().backward(inputs=[head.weight])
+    assert close(head.weight.grad, 0.25 + want_w)
+
+
+def test_gradient_hooks_fire_once_with_the_accumulated_gradient():
+    """DDP waits on the accumulator's post hook, DeepSpeed on the tensor's post-accumulate hook; both must fire
+    once per backward and see the head's gradient already in .grad."""
+    head, hidden, tokens, weights, budget = head_case(vocab=300, n=6)
+    fn = tlp.token_logprobs(tokens, 6 * 50 * 4)
+    _, want_w = oracle_head_grads(head, hidden, tokens, weights)
+    seen = []
+    accumulator = head.weight.view_as(head.weight).grad_fn.next_functions[0][0]
+    accumulator.register_hook(lambda *_: seen.append(("node", head.weight.grad.clone())))
+    head.weight.grad = torch.zeros_like(head.weight)
+    (fn(hidden, head) * weights).sum().backward()
+    assert [k for k, _ in seen] == ["node"] and close(seen[0][1], want_w)
+    seen.clear()
+    head.weight.register_post_accumulate_grad_hook(lambda p: seen.append(("tensor", p.grad.clone())))
+    head.weight.grad.zero_()
+    (fn(hidden, head) * weights).sum().backward()
+    assert sorted(k for k, _ in seen) == ["node", "tensor"]
+    assert all(close(g, want_w) for _, g in seen)
 
 
 # ------------------------------------------------------------------ the objectives equal the oracle
