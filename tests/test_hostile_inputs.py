@@ -295,3 +295,19 @@ def test_export_refuses(case, tmp_path, capsys):
     line = run(exit_code_of(publish.main), argv, tmp_path, capsys)
     assert message in line
 
+
+
+@pytest.mark.parametrize("stage", ["sample", "eval"])
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_rollout_seeds_outside_what_seeding_accepts(stage, seed, tmp_path, capsys):
+    line = run(STAGES[stage], [f"experiment.output_dir={tmp_path / 'out'}", f"rollout.seed={seed}"], tmp_path, capsys)
+    assert "rollout.seed must be in [0, 2**32)" in line
+
+
+@pytest.mark.parametrize("stage", ["sample", "eval"])
+@pytest.mark.parametrize("max_token, message", [("2000", "leaves no room for a prompt"),
+                                                ("1000", "none of the 4 items can be decoded")])
+def test_responses_longer_than_the_model_context(stage, max_token, message, tmp_path, capsys):
+    line = run(STAGES[stage], [f"experiment.output_dir={tmp_path / 'out'}", f"rollout.max_token={max_token}",
+                               "evaluation.max_items=4"], tmp_path, capsys)
+    assert message in line

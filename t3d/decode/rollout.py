@@ -191,6 +191,32 @@ def remove_partials(prefix):
 
 
 # ------------------------------------------------------------------------------------------------- decoding
+def prepare_prompts(items, tokenizer, settings: RolloutSettings, data_type, max_pos=None):
+    """({item index: (prompt text, ids)}, {item index: error}) for the items; an item that cannot be decoded (bad
+    fields, prompt + max_token beyond the model's context) gets an error and the others go on. A max_token that
+    leaves no room for any prompt, or items none of which can be decoded, is a one-line error: such a run would
+    end with zero sequences and an accuracy of 0."""
+    max_new = settings.decode.max_new_tokens
+    if max_pos and max_new >= max_pos:
+        raise ConfigError(f"rollout.max_token={max_new} leaves no room for a prompt in the model's context "
+                          f"(max_position_embeddings={max_pos})")
+    prompts, errors = {}, {}
+    for i, item in enumerate(items):
+        err = item_error(item, data_type)
+        if err is None:
+            text = build_prompt(tokenizer, item, data_type, settings.start_with_think)
+            ids = encode_prompt(tokenizer, text)
+            if max_pos and len(ids) + max_new > max_pos:
+                err = f"prompt of {len(ids)} tokens + max_token {max_new} exceeds the model's context {max_pos}"
+            else:
+                prompts[i] = (text, ids)
+        if err is not None:
+            errors[i] = f"item {i}: {err}"
+    if errors and not prompts:
+        raise DataError(f"none of the {len(items)} items can be decoded; {next(iter(errors.values()))}")
+    return prompts, errors
+
+
 def rollout(model, tokenizer, items, settings: RolloutSettings, *, data_type, stop_ids=(), state=None,
             partials: Partials | None = None, index_offset=0, progress=True):
     """Decode `settings.num_responses` replicas of every item. Returns (results, stats) on the main process.
@@ -208,20 +234,8 @@ def rollout(model, tokenizer, items, settings: RolloutSettings, *, data_type, st
 
     state = state or PartialState()
     decode_cfg, num_responses = settings.decode, settings.num_responses
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    prompts, errors = {}, {}
-    for i, item in enumerate(items):
-        err = item_error(item, data_type)
-        if err is None:
-            text = build_prompt(tokenizer, item, data_type, settings.start_with_think)
-            ids = encode_prompt(tokenizer, text)
-            if max_pos and len(ids) + decode_cfg.max_new_tokens > max_pos:
-                err = f"prompt of {len(ids)} tokens + max_token {decode_cfg.max_new_tokens} exceeds the model's context {max_pos}"
-            else:
-                prompts[i] = (text, ids)
-        if err is not None:
-            errors[i] = f"item {i}: {err}"
-
+    prompts, errors = prepare_prompts(items, tokenizer, settings, data_type,
+                                      getattr(model.config, "max_position_embeddings", None))
     done, partial_file = {}, None
     if partials is not None:
         done, partial_file = _open_partials(partials, state)
@@ -450,9 +464,11 @@ def run_rollout(job: RolloutJob):
     data_file, items = job.dataset.load()
     offset, items = shard(job.dataset.first(data_file, items), job.num_node, job.node_index)
     ckpt = resolve_checkpoint(job.checkpoint)
-    check_checkpoint(ckpt)  # before the accelerate state exists
-    state = make_state()
+    config = check_checkpoint(ckpt)  # before the accelerate state exists
     tokenizer = load_tokenizer(ckpt)
+    # before any output folder or lock exists: a job that cannot decode anything leaves nothing behind
+    prepare_prompts(items, tokenizer, job.rollout, job.dataset.data_type, config.get("max_position_embeddings"))
+    state = make_state()
     stop_ids = stop_ids_for(tokenizer, job.rollout)
     inputs = input_fingerprint(content_fingerprint(ckpt), tokenizer, items, job.rollout, data_type=job.dataset.data_type,
                                stop_ids=stop_ids, device=state.device, index_offset=offset)

@@ -136,7 +136,7 @@ class RolloutSettings:
               r.random_init_ratio, "in [0, 1)")
         check(r.batch_size is None or number_setting(r, "rollout.batch_size") >= 0, "rollout.batch_size", r.batch_size,
               ">= 0 (0 = all at once)")
-        number_setting(r, "rollout.seed")
+        check(0 <= number_setting(r, "rollout.seed") < 2**32, "rollout.seed", r.seed, "in [0, 2**32)")  # as training's
         check(str(r.dtype) == "auto" or str(r.dtype) in DTYPES, "rollout.dtype", r.dtype,
               f"one of auto, {', '.join(DTYPES)}")
         stops = plain(r.stop_token_list)

@@ -24,13 +24,13 @@ import torch
 from t3d.common.io import (DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir,
                            move_aside)
 from t3d.decode.rollout import (Partials, data_digest, input_fingerprint, item_error, main_process_locks, make_state,
-                                rollout, setup, summarize)
+                                prepare_prompts, rollout, setup, summarize)
 from t3d.eval import sandbox
 from t3d.eval.aup import aup
 from t3d.eval.grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
 from t3d.eval.layout import finished_result, read_json, result_dir, result_settings, sweep_dir
 from t3d.eval.settings import EvalJob, Setting, checkpoint_list, sweep_settings  # noqa: F401  (parsers: re-exported)
-from t3d.model.checkpoint import check_checkpoint, content_fingerprint, resolve_checkpoint
+from t3d.model.checkpoint import check_checkpoint, content_fingerprint, load_tokenizer, resolve_checkpoint
 from t3d.tasks.prompting import DATA_TYPES
 
 
@@ -258,10 +258,13 @@ def plan_runs(job: EvalJob, data_file, all_items, items):
     runs, data = [], data_digest(items)
     for label, path in job.checkpoints:
         resolved = resolve_checkpoint(path)
-        check_checkpoint(resolved)
+        config, tokenizer = check_checkpoint(resolved), load_tokenizer(resolved)
         content = content_fingerprint(resolved)
         for setting in job.settings:
             rollout_settings = job.rollout_for(setting)
+            # a setting that cannot decode any item is refused before anything is written
+            prepare_prompts(items, tokenizer, rollout_settings, job.dataset.data_type,
+                            config.get("max_position_embeddings"))
             runs.append(Run(label, path, resolved, setting,
                             result_dir(job.results_root, label, content, job.dataset, all_items, rollout_settings),
                             result_settings(rollout_settings, job.dataset, job.execute, data_file, resolved),
