@@ -306,7 +306,7 @@ def test_lora_t3d_cli_kill_and_resume_in_round_2_is_bit_identical_and_evaluates(
                          f"evaluation.checkpoint_path={full / 'ckpt' / 'optimized'}", "evaluation.max_items=4"],
                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
-    (result,) = (out / "eval" / "results").glob("optimized-*/*/metrics.json")  # decoded and graded
+    (result,) = (out / "eval" / "results").glob("optimized-*/*/*/metrics.json")  # decoded and graded
     assert len((result.parent / "items.jsonl").read_text().splitlines()) == 4
 
 
