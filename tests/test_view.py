@@ -65,3 +65,16 @@ def test_cli_writes_the_page_and_refuses_a_missing_item_with_one_line(tmp_path, 
     assert main([str(EXAMPLE), "--item", "99", "--tokenizer", "models/sdar-tiny"]) == 2
     err = capsys.readouterr().err
     assert err == f"t3d-view: error: {EXAMPLE}: no item 99 (it holds 8)\n"
+
+
+def test_the_viewer_reads_eval_items(tokenizer, tmp_path):
+    from t3d.commands import evaluate
+
+    evaluate([f"experiment.output_dir={tmp_path}", "evaluation.max_items=2", "rollout.max_token=24"])
+    (items,) = (tmp_path / "eval" / "results").rglob("items.jsonl")
+    row = json.loads(items.read_text().splitlines()[1])
+    trajectory = load_trajectory(items, item=1)
+    assert trajectory["response_ids"] == row["response_ids"] and trajectory["step_map"] == row["step_map"]
+    page = Page()
+    page.feed(render_html(trajectory, tokenizer))
+    assert page.steps == row["step_map"]

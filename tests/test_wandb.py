@@ -41,3 +41,17 @@ def test_training_follows_an_exported_wandb_mode_with_namespaced_metrics(tmp_pat
     assert runs, "no offline W&B run was written"
     logged = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
     assert b"train/loss" in logged and b"train/path" in logged
+
+
+@pytest.mark.slow
+def test_eval_follows_an_exported_wandb_mode_with_namespaced_metrics(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env.pop("WANDB_DIR", None)
+    out = subprocess.run([sys.executable, "eval.py", "config=configs/eval.yaml", f"experiment.output_dir={tmp_path}",
+                          "evaluation.max_items=4", "rollout.max_token=24", "sweep.denoising_steps=[4,1]"],
+                         cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = list((tmp_path / "eval").rglob("offline-run-*"))
+    assert runs, "no offline W&B run was written"
+    logged = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+    assert b"eval/results" in logged and b"eval/aup" in logged and b"eval/sweep" in logged

@@ -27,6 +27,7 @@ from t3d.decode.rollout import (Partials, data_digest, input_fingerprint, item_e
                                 prepare_prompts, rollout, setup, summarize)
 from t3d.eval import sandbox
 from t3d.eval.aup import aup
+from t3d.eval.tracking import log_eval, wandb_enabled
 from t3d.eval.grading import NO_ANSWER, NO_CODE, code_tests, grade_items, pass_at_k
 from t3d.eval.layout import finished_result, read_json, result_dir, result_settings, sweep_dir
 from t3d.eval.settings import EvalJob, Setting, checkpoint_list, sweep_settings  # noqa: F401  (parsers: re-exported)
@@ -105,8 +106,9 @@ def item_records(results, correct, data_type, with_steps=True):
             rec = {**base, "replica": r, "prompt": item["prompt"], "output": item["full_output"][r],
                    "extracted": item["extracted_output"][r], "gold": gold, "correct": bool(marks[r]),
                    "nfe": item["nfe"][r], "length": item["response_length"][r], "finished": item["finished"][r]}
-            if with_steps:
-                rec["step_map"] = item["step_map"][r]
+            if with_steps:  # with the token ids and block size, t3d-view draws the decode order of any response
+                rec.update(response_ids=item["response_ids"][r], step_map=item["step_map"][r],
+                           block_size=item.get("block_size"))
             out.append(rec)
     return out
 
@@ -410,5 +412,8 @@ def run_eval(job: EvalJob):
         scores = aup_rows(rows)
         if summary_dir is not None:
             write_sweep(rows, scores, job, summary_dir)
+        if wandb_enabled():
+            log_eval(rows, scores, job.results_root.parent.name, job.results_root.parent,
+                     summary_dir / "sweep.png" if summary_dir is not None else None)
     print(markdown_table(rows) + aup_markdown(scores), end="")
     return rows
