@@ -50,3 +50,25 @@ def test_text_prompts_are_chat_templated_user_turns(tiny_default):
                                               add_generation_prompt=True, tokenize=False)
     again = diffusion_generate(model, [encode_prompt(tokenizer, templated)], tokenizer=tokenizer, max_new_tokens=24)
     assert out.sequences == again.sequences and out.texts == again.texts and out.step_maps is None
+
+
+def test_the_model_method_equals_the_function_and_generate_points_to_it(tiny_default):
+    model, tokenizer = tiny_default
+    prompts = [encode_prompt(tokenizer, json.loads(EXAMPLE.read_text())[0]["prompt"])]
+    assert model.diffusion_generate(prompts, tokenizer=tokenizer, max_new_tokens=64).sequences == \
+        diffusion_generate(model, prompts, tokenizer=tokenizer, max_new_tokens=64).sequences
+    with pytest.raises(NotImplementedError, match=r"use model.diffusion_generate\(\.\.\.\)$"):
+        model.generate(prompts)
+
+
+def test_a_checkpoint_loaded_through_remote_code_decodes_with_the_toolkit():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = CHECKOUT / "models" / "sdar-tiny"
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules")  # the checkpoint's own code, not t3d's
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    out = model.diffusion_generate(["Compute 47+38."], tokenizer=tokenizer, steps_per_block=4, max_new_tokens=24)
+    toolkit, _, _ = load(str(path))
+    again = diffusion_generate(toolkit, ["Compute 47+38."], tokenizer=tokenizer, steps_per_block=4, max_new_tokens=24)
+    assert out.sequences == again.sequences

@@ -20,6 +20,7 @@ block's first forward (its B tokens ride along as extra queries), so a sequence 
 Sampling noise is a counter-based hash of (sequence seed, step, position), so a sequence's output
 does not depend on which batch, shard or process decoded it.
 """
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -186,7 +187,9 @@ def generate(model, prompts, cfg: DecodeConfig, *, mask_id, pad_id, stop_ids=(),
     arange_b = torch.arange(B, device=device)[None]
     cache = None
     if mode != "recompute":
-        cache = SDARBlockCache(model.config, n, T, dtype=dtype, device=device)
+        # a model loaded through a checkpoint's own code (trust_remote_code) checks for its own cache class
+        cache_class = getattr(sys.modules.get(type(model).__module__), "SDARBlockCache", SDARBlockCache)
+        cache = cache_class(model.config, n, T, dtype=dtype, device=device)
     schedule = unmask_schedule(B, S)
 
     def forward(q_start, q_end, commit, noisy_from):

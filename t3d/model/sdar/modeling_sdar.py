@@ -8,6 +8,7 @@ Block diffusion needs two things a causal LM does not have:
 State-dict names and shapes match the released SDAR checkpoints (JetLM/SDAR-*-Chat).
 """
 import functools
+import importlib
 from typing import Optional, Union
 
 import torch
@@ -390,6 +391,22 @@ class SDARForCausalLM(SDARPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.model.embed_tokens = value
+
+    def diffusion_generate(self, inputs, **settings):
+        """Block-diffusion decoding with the t3d toolkit's decoder, the one its rollout and evaluation run:
+        token ids, a [b, L] tensor or chat-turn strings (with tokenizer=) in; sequences, optional step maps and
+        texts out (settings: block_size, steps_per_block, max_new_tokens, temperature, top_k, top_p,
+        remasking_strategy, dynamic_threshold, seed, return_step_maps). This file also travels alone inside
+        checkpoints (trust_remote_code), so the toolkit is imported by name, only when decoding is asked for."""
+        try:
+            generation = importlib.import_module("t3d.decode.generation")
+        except ImportError:
+            raise ImportError("diffusion_generate decodes with the t3d toolkit's decoder: pip install t3d") from None
+        return generation.diffusion_generate(self, inputs, **settings)
+
+    def generate(self, *args, **kwargs):
+        raise NotImplementedError("SDAR is a block-diffusion model and does not decode left to right: use "
+                                  "model.diffusion_generate(...)")
 
     def forward(
         self,
