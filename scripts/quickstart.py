@@ -35,7 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", default="4,2,1", help="denoising steps per block to evaluate (block size 4)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-v", "--verbose", action="store_true", help="stream every command's output")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="only a line per stage (each command's output still goes to its log)")
     return p.parse_args(argv)
 
 
@@ -55,7 +56,7 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out).resolve()
     steps = [int(s) for s in args.steps.split(",")]
-    run = pl.Runner(out / "logs", verbose=args.verbose)
+    run = pl.Runner(out / "logs", verbose=not args.quiet)  # each stage's progress as it runs
     started = time.perf_counter()
     data = out / "data"
     questions = pl.subset(args.train_data, data / "quickstart_train.json", 0, args.rollout_questions)

@@ -101,3 +101,9 @@ def test_eval_metrics_and_table(run):
     assert accuracy["base", 4] >= 7 / 8
     assert (sweep / "sweep.png").stat().st_size > 1000
     assert "| base |" in stdout and "| t3d |" in stdout and "S=1 acc" in stdout
+
+
+def test_quickstart_shows_each_stage_while_it_runs(run):
+    _, stdout = run  # each command's own output streams through (the rollout summary, the records, the save)
+    assert '"sequences": 12' in stdout and "kept 12 records from 12 items" in stdout
+    assert "saved " in stdout and "[eval] done in" in stdout
