@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from t3d.common.paths import CHECKOUT
-from t3d.model.checkpoint import load, load_tokenizer
-from tests.test_train_data import fabricate_records
+from t3d.model.checkpoint import load
+from tests.tiny_training import train_tiny_t3d
 
 IDS = [[5, 17, 42, 3, 3, 3, 3, 9, 11, 2]]
 CLEAN_LOAD = """
@@ -58,17 +58,7 @@ def test_shipped_models_load_without_the_package(name, tmp_path):
 
 @pytest.mark.slow
 def test_a_trained_checkpoint_loads_without_the_package(tmp_path):
-    tokenizer = load_tokenizer(str(CHECKOUT / "models" / "sdar-tiny"))
-    data = tmp_path / "records.json"
-    data.write_text(json.dumps(fabricate_records(tokenizer, 8)))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    out = subprocess.run(
-        [sys.executable, "train/self_ddo_sdar_full.py", "config=configs/t3d_tiny.yaml", f"dataset.optimization_data={data}",
-         f"experiment.output_dir={tmp_path / 'exp'}", "training.num_train_epochs=1", "training.batch_size_lm=4",
-         "training.gradient_accumulation_steps=1", "training.num_threads=1"],
-        cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    ckpt = tmp_path / "exp" / "t3d_tiny" / "ckpt" / "optimized"
+    ckpt = train_tiny_t3d(tmp_path) / "ckpt" / "optimized"
     assert (ckpt / "modeling_sdar.py").is_file() and (ckpt / "configuration_sdar.py").is_file()
     assert oct((ckpt / "model.safetensors").stat().st_mode & 0o044) == oct(0o044 & ~_umask())
     got = clean_logits(ckpt, tmp_path)

@@ -1,16 +1,13 @@
 """The user's W&B: with WANDB_MODE=offline exported and no W&B key set in the config, training writes an offline
 run whose metrics are namespaced (train/...); nothing is changed in the environment at import time."""
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from t3d.common.paths import CHECKOUT
-from t3d.model.checkpoint import load_tokenizer
-from tests.test_train_data import fabricate_records
+from tests.tiny_training import train_tiny_t3d
 
 
 def test_importing_the_commands_changes_no_environment_variable():
@@ -26,18 +23,8 @@ def test_importing_the_commands_changes_no_environment_variable():
 
 @pytest.mark.slow
 def test_training_follows_an_exported_wandb_mode_with_namespaced_metrics(tmp_path):
-    tokenizer = load_tokenizer(str(CHECKOUT / "models" / "sdar-tiny"))
-    data = tmp_path / "records.json"
-    data.write_text(json.dumps(fabricate_records(tokenizer, 8)))
-    env = {**os.environ, "WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    env.pop("WANDB_DIR", None)
-    out = subprocess.run(
-        [sys.executable, "train/self_ddo_sdar_full.py", "config=configs/t3d_tiny.yaml", f"dataset.optimization_data={data}",
-         f"experiment.output_dir={tmp_path / 'exp'}", "training.num_train_epochs=1", "training.batch_size_lm=4",
-         "training.gradient_accumulation_steps=1", "training.num_threads=1"],
-        cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    runs = list((tmp_path / "exp" / "t3d_tiny").rglob("offline-run-*"))
+    run_dir = train_tiny_t3d(tmp_path, WANDB_MODE="offline")
+    runs = list(run_dir.rglob("offline-run-*"))
     assert runs, "no offline W&B run was written"
     logged = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
     assert b"train/loss" in logged and b"train/path" in logged
