@@ -4,7 +4,6 @@ stderr naming the key, file or record, no traceback, and no output file created 
 The trainer runs in-process through t3d.common.cli.run_main (the path `python train/...` takes), which
 keeps this file fast; one small real run (module fixture) provides the resume states."""
 import hashlib
-import importlib.util
 import json
 import os
 import shutil

@@ -1,5 +1,4 @@
 """data/rename_key.py, data/download_data.py, data/synthetic_math.py and accelerate_configs/*.yaml."""
-import importlib.util
 import json
 import os
 import re

@@ -1,5 +1,4 @@
 """data/synthetic_chain.py: the multi-step task with parallel headroom."""
-import importlib.util
 import json
 import re
 from pathlib import Path
