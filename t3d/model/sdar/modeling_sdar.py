@@ -157,16 +157,23 @@ def _flash_attn_func():
     return flash_attn_func
 
 
-def _flex_attention(q, k, v, mask, scale):
-    """FlexAttention over a dense bool mask [b, 1 or h, q, k]; GPU path (no CPU backward in torch)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def flex_block_mask(mask, batch, q_len, k_len):
+    """FlexAttention's BlockMask from a dense bool mask [b or 1, 1, q, k] (True = attend). Built once per forward
+    and shared by every layer: building it scans the whole mask, which would otherwise happen in each layer."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
-    mask = mask.expand(q.shape[0], -1, -1, -1)
+    mask = mask.expand(batch, -1, -1, -1)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return mask[b, 0, q_idx, kv_idx]
 
-    block_mask = create_block_mask(mask_mod, q.shape[0], None, q.shape[2], k.shape[2], device=q.device)
+    return create_block_mask(mask_mod, batch, None, q_len, k_len, device=mask.device)
+
+
+def _flex_attention(q, k, v, block_mask, scale):
+    """FlexAttention (compiled on CUDA; eager on CPU, where torch has its forward but no backward)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
     kernel = _compiled_flex(flex_attention) if q.is_cuda else flex_attention
     return kernel(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
 
@@ -176,19 +183,43 @@ def _compiled_flex(flex_attention):
     return torch.compile(flex_attention)
 
 
+def _is_block_mask(mask):
+    try:
+        from torch.nn.attention.flex_attention import BlockMask
+    except ImportError:
+        return False
+    return isinstance(mask, BlockMask)
+
+
+def _eager_attention(q, k, v, mask, scale):
+    """softmax(q k^T * scale + mask) v written out: the plain reference, any device, any dtype (softmax in fp32)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    return torch.softmax(scores, dim=-1).to(q.dtype) @ v
+
+
 def sdar_attention(q, k, v, mask, scale, implementation="sdpa"):
-    """q [b, h, q, d], k/v [b, kv, k, d], mask bool [b, 1, q, k] or additive float or None -> [b, h, q, d].
+    """q [b, h, q, d], k/v [b, kv, k, d], mask bool [b, 1, q, k] or additive float or None (or, for
+    flex_attention, a BlockMask from `flex_block_mask`) -> [b, h, q, d].
 
     SDPA is the reference path and runs everywhere. On CUDA, flash-attn serves the unmasked case
-    and FlexAttention serves `implementation="flex_attention"`; both agree with SDPA to tolerance.
+    and FlexAttention serves `implementation="flex_attention"`; "eager" is the formula written out.
+    All agree with SDPA to tolerance.
     """
+    if _is_block_mask(mask):
+        return _flex_attention(q, k, v, mask, scale)
     if q.is_cuda and mask is None and implementation in ("sdpa", "flash_attention_2"):
         flash = _flash_attn_func()
         if flash is not None and q.dtype in (torch.float16, torch.bfloat16):
             out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale, causal=False)
             return out.transpose(1, 2)
     if implementation == "flex_attention" and mask is not None and mask.dtype == torch.bool:
-        return _flex_attention(q, k, v, mask, scale)
+        return _flex_attention(q, k, v, flex_block_mask(mask, q.shape[0], q.shape[2], k.shape[2]), scale)
+    if implementation == "eager":
+        return _eager_attention(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
@@ -351,6 +382,9 @@ class SDARModel(SDARPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past, past + new_tokens, device=inputs_embeds.device)[None]
         attention_mask = normalize_attention_mask(attention_mask, inputs_embeds.dtype, past + new_tokens)
+        if self.config._attn_implementation == "flex_attention" and attention_mask is not None \
+                and attention_mask.dtype == torch.bool:
+            attention_mask = flex_block_mask(attention_mask, inputs_embeds.shape[0], new_tokens, past + new_tokens)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
