@@ -24,15 +24,17 @@ def _layer_of(name):
     return int(name[len(LAYER_PREFIX):].split(".", 1)[0]) if name.startswith(LAYER_PREFIX) else None
 
 
-def build_random_checkpoint(release_dir, out, num_hidden_layers=2, seed=0, std=0.02):
+def build_random_checkpoint(release_dir, out, num_hidden_layers=2, seed=0, std=0.02, **overrides):
     """Write the checkpoint into `out` (created); returns `out` as a Path. Tensors the release's index places
-    in a shard stay in that shard (layers beyond `num_hidden_layers` are left out), and a new index is written."""
+    in a shard stay in that shard (layers beyond `num_hidden_layers` are left out), and a new index is written.
+    `overrides` change other config.json values (e.g. vocab_size, for a model that fits a small machine; the
+    tokenizer then no longer matches the embedding)."""
     from safetensors.torch import save_file
 
     release, out = Path(release_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config_json = json.loads((release / "config.json").read_text(encoding="utf-8"))
-    config_json["num_hidden_layers"] = int(num_hidden_layers)
+    config_json.update(overrides, num_hidden_layers=int(num_hidden_layers))
     (out / "config.json").write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
     for file in release.iterdir():
         if file.is_file() and file.name not in ("config.json", INDEX) and not file.name.endswith(".md"):

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from t3d.train import lora
-from t3d.train.runtime import TrainingError
+from t3d.train.runtime import TrainingError, save_dtype
 from t3d.common.errors import first_line
 from t3d.common.config import flatten, save_config
 from t3d.common.io import append_text, atomic_write_json, atomic_write_text
@@ -44,7 +44,8 @@ MANIFEST = "manifest.json"
 # every other resolved key is part of a run's fingerprint. Data and initial weights count by content.
 NOT_TRAINING = ("wandb.", "experiment.project", "experiment.output_dir", "experiment.start_from_scratch",
                 "experiment.num_node", "experiment.save_every_steps", "experiment.checkpoints_total_limit",
-                "training.resume_from_checkpoint", "training.gradient_checkpointing_enable",
+                "training.resume_from_checkpoint", "training.gradient_checkpointing_enable", "model.attn_implementation",
+                "training.save_dtype",
                 "model.pretrained_model", "model.optimized_name", "model.lora.save_merged", "dataset.optimization_data")
 RUN_FILES = ("state", "ckpt", "metrics.jsonl", "config.yaml", "wandb_run_id", "wandb")  # what a fresh start moves aside
 
@@ -109,6 +110,30 @@ def fingerprint_changes(saved, current):
     return changes
 
 
+# ------------------------------------------------------------------------------------------ attention kernel
+def check_attn_setting(cfg):
+    """model.attn_implementation must name a known kernel (whether it runs here is checked when loading)."""
+    from t3d.common.config import ConfigError
+    from t3d.model.checkpoint import ATTN_IMPLEMENTATIONS
+
+    value = cfg.model.get("attn_implementation", "auto")
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {value!r}")
+
+
+def record_attn_implementation(cfg, model):
+    """Write the kernel actually chosen into the run's config (config.yaml, W&B config), so `auto` is resolved in
+    the run's outputs; a rerun resolves it again (the key is not part of the resume fingerprint: every kernel
+    computes the same attention)."""
+    from omegaconf import OmegaConf, open_dict
+
+    chosen = model.config._attn_implementation
+    with open_dict(cfg):
+        OmegaConf.update(cfg, "model.attn_implementation", chosen, force_add=True)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"attention: {chosen}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------ saving
 def _publish(tmp, dest):
     """Rename a finished temp dir onto dest (replacing an older dest)."""
@@ -166,6 +191,8 @@ def save_model(accelerator, model, tokenizer, cfg, dest):
     dest = Path(dest)
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
+        dtype = save_dtype(cfg)
+        state = _cast_state(state, dtype)
         tmp = dest.parent / f".tmp-{dest.name}"
         with _writing(dest, tmp, _tied(accelerator, model)):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -175,12 +202,37 @@ def save_model(accelerator, model, tokenizer, cfg, dest):
                     tokenizer.save_pretrained(tmp / "merged")
             else:
                 unwrapped.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                _declare_dtype(tmp / "config.json", dtype)  # config.json names the model's dtype, not the weights'
             tokenizer.save_pretrained(tmp)
             save_config(cfg, tmp)
             for directory in (tmp, tmp / "merged"):  # loadable without t3d (trust_remote_code)
                 make_standalone(directory)
             _publish(tmp, dest)
     accelerator.wait_for_everyone()
+
+
+def _cast_state(state, dtype):
+    """Floating tensors in `dtype`; tensors that share storage (tied embeddings) still share it, so they are
+    saved once."""
+    cast, out = {}, {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            out[name] = tensor
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in cast:
+            cast[key] = tensor.to(dtype)
+        out[name] = cast[key]
+    return out
+
+
+def _declare_dtype(config_file, dtype):
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    name = str(dtype).replace("torch.", "")
+    for key in ("dtype", "torch_dtype"):  # transformers >= 4.56 writes dtype, older ones torch_dtype
+        if key in config:
+            config[key] = name
+    atomic_write_text(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_manifest(directory, fingerprint, step):

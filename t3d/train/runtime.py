@@ -18,6 +18,7 @@ from t3d.tasks.prompting import DATA_TYPES
 
 WANDB_MODES = ("disabled", "offline", "online")
 PRECISIONS = ("no", "bf16", "fp16")
+SAVE_DTYPES = ("auto", "fp32", "bf16")  # checkpoints' weights; auto = the training dtype (see save_dtype)
 
 
 class TrainingError(ExpectedError, RuntimeError):
@@ -56,6 +57,8 @@ def check_common(cfg):
     if str(tr.mixed_precision) not in PRECISIONS:
         raise ConfigError(
             f"training.mixed_precision must be one of {', '.join(PRECISIONS)}, got '{tr.mixed_precision}'")
+    if str(tr.get("save_dtype", "auto")) not in SAVE_DTYPES:
+        raise ConfigError(f"training.save_dtype must be one of {', '.join(SAVE_DTYPES)}, got '{tr.save_dtype}'")
     if float(tr.max_grad_norm) != float(cfg.experiment.max_grad_norm):
         raise ConfigError("training.max_grad_norm is an alias: set experiment.max_grad_norm instead")
     if str(cfg.dataset.data_type) not in DATA_TYPES:
@@ -154,6 +157,15 @@ def make_accelerator(cfg, directory):
         if plugin.zero_stage == 3:  # save_pretrained needs whole weights
             plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     return accelerator
+
+
+def save_dtype(cfg):
+    """The dtype checkpoints are written in: training.save_dtype, where auto is the training dtype (bf16 under
+    mixed_precision=bf16: the fp32 master copy is an optimizer detail, the resume state keeps it; else fp32)."""
+    choice = str(cfg.training.get("save_dtype", "auto"))
+    if choice == "auto":
+        choice = "bf16" if str(cfg.training.mixed_precision) == "bf16" else "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[choice]
 
 
 def zero_stage(accelerator):

@@ -4,12 +4,12 @@
         config=configs/ddo_sdar_full_self.yaml
     python train/self_ddo_sdar_full.py config=configs/ddo_sdar_full_self.yaml [key.sub=value ...]
 """
-import copy
 from contextlib import nullcontext
 
 import torch
 
 from t3d.train import lora
+from t3d.train.checkpoints import check_attn_setting, record_attn_implementation
 from t3d.train.data import load_examples, resolve_data_path
 from t3d.train.loop import fit, open_run
 from t3d.train.objectives import T3DSettings, t3d_micro_step
@@ -56,14 +56,37 @@ def check_config(cfg):
         if str(tr.mixed_precision) == "bf16":  # a bf16 reference rounds away updates of (1 - decay) x the gap
             raise ConfigError("training.reference_update=ema needs an fp32 reference (training.mixed_precision=no)")
     lora.lora_config(cfg)  # its one-line errors before anything is loaded
+    check_attn_setting(cfg)
     if float(tr.target_temp) != 0.0:
         main_print("note: training.target_temp has no effect (as in the original, the fake sample is the reference's)")
 
 
-def frozen_copy(model, cfg):
-    """The reference: a frozen copy in eval mode, outside the optimizer; bf16 weights when training in bf16."""
-    ref = copy.deepcopy(model).requires_grad_(False).eval()
-    return ref.to(torch.bfloat16) if str(cfg.training.mixed_precision) == "bf16" else ref
+def training_models(cfg, path):
+    """(target, reference, LoRA config or None), each model loaded once, straight in the dtype it trains or
+    serves in (no fp32 copy of a bf16 model, no deep copy):
+      * full T3D: the target in fp32 (the master weights the optimizer updates; autocast runs it in bf16 under
+        mixed_precision=bf16) and the reference, frozen and in eval mode, loaded again in bf16 when training in
+        bf16 (else fp32), outside the optimizer;
+      * LoRA: the base in bf16 when training in bf16 (it is never updated, so it needs no fp32 master) with fp32
+        adapters; the reference is this same model with its adapters disabled.
+    Both are loaded before the Accelerator exists: under ZeRO-3 a model loaded after it comes partitioned, and
+    the reference must stay whole on every rank."""
+    tr = cfg.training
+    bf16 = str(tr.mixed_precision) == "bf16"
+    adapters = lora.lora_config(cfg)
+    requested = cfg.model.get("attn_implementation", "auto")
+    if adapters is None:
+        model = load_model(path, "fp32", "cpu", requested, training=True).train()
+        chosen = model.config._attn_implementation  # the reference runs the same kernel as the target
+        ref = load_model(path, "bf16" if bf16 else "fp32", "cpu", chosen).requires_grad_(False).eval()
+        return model, ref, None
+    model = load_model(path, "bf16" if bf16 else "fp32", "cpu", requested, training=True).train()
+    # the reference is this model without its adapters: no second copy of the weights
+    model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
+                              snapshot=bool(tr.multi_round), bf16_base=bf16)
+    ref = lora.AdapterReference(model, bool(tr.multi_round), int(tr.round_interval))
+    main_print(lora.describe(model) + "; the reference is this model without them")
+    return model, ref, adapters
 
 
 def copy_weights(accelerator, model, ref):
@@ -110,17 +133,8 @@ def run_t3d_job(cfg):
         post_num=int(tr.post_num), skip_invalid=bool(tr.skip_invalid_records), block_size=int(tr.block_size),
         log=main_print, dataset_cfg=cfg.dataset,
     )
-    # both models are loaded before the Accelerator exists: under ZeRO-3 a model loaded after it comes
-    # partitioned, and the reference must stay whole on every rank
-    model = load_model(path, "fp32", "cpu").train()
-    adapters = lora.lora_config(cfg)
-    if adapters is None:
-        ref = frozen_copy(model, cfg)
-    else:  # the reference is this same model without its adapters: no second copy of the weights
-        model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
-                                  snapshot=bool(tr.multi_round), bf16_base=str(tr.mixed_precision) == "bf16")
-        ref = lora.AdapterReference(model, bool(tr.multi_round), int(tr.round_interval))
-        main_print(lora.describe(model) + "; the reference is this model without them")
+    model, ref, adapters = training_models(cfg, path)
+    record_attn_implementation(cfg, model)
     accelerator = make_accelerator(cfg, root)
     if adapters is None:
         ref = ref.to(accelerator.device)

@@ -8,11 +8,12 @@ the loss is the mean cross-entropy over masked tokens. Same launch style and pie
 """
 
 from t3d.train import lora
+from t3d.train.checkpoints import check_attn_setting, record_attn_implementation
 from t3d.train.data import load_examples, resolve_data_path
 from t3d.train.loop import fit, open_run
 from t3d.train.objectives import sft_micro_step
 from t3d.train.runtime import check_common, make_accelerator, run_dir, setup_process, zero_stage
-from t3d.model.checkpoint import check_checkpoint, load_model, load_tokenizer, resolve_checkpoint
+from t3d.model.checkpoint import check_checkpoint, choose_attn_implementation, load_model, load_tokenizer, resolve_checkpoint
 from t3d.common.cli import run_main
 from t3d.common.config import ConfigError
 from t3d.common.paths import CONFIGS
@@ -43,6 +44,7 @@ def run_sft_job(cfg):
     if ds.source not in SOURCES:
         raise ConfigError(f"dataset.source must be one of {', '.join(SOURCES)}, got '{ds.source}'")
     adapters = lora.lora_config(cfg)
+    check_attn_setting(cfg)
     if adapters is not None and cfg.model.init_from_scratch:
         raise ConfigError("model.lora needs a pretrained base: set model.init_from_scratch=false")
     check_output_dir(root, "experiment.output_dir")
@@ -59,7 +61,16 @@ def run_sft_job(cfg):
         kind="rollout" if ds.source == "rollouts" else "sft", data_type=str(ds.data_type),
         target_fields=tuple(ds.target_fields), block_size=int(tr.block_size), log=accelerator.print, dataset_cfg=ds,
     )
-    model = (scratch_model(cfg, tokenizer) if cfg.model.init_from_scratch else load_model(path, "fp32", "cpu")).train()
+    # a LoRA base is never updated: in bf16 training it loads straight in bf16 (no fp32 copy); a fully trained
+    # model loads in fp32, the master weights the optimizer updates
+    dtype = "bf16" if adapters is not None and str(tr.mixed_precision) == "bf16" else "fp32"
+    if cfg.model.init_from_scratch:
+        model = scratch_model(cfg, tokenizer).train()
+        model.config._attn_implementation = choose_attn_implementation(
+            cfg.model.get("attn_implementation", "auto"), {}, accelerator.device, training=True)
+    else:
+        model = load_model(path, dtype, "cpu", cfg.model.get("attn_implementation", "auto"), training=True).train()
+    record_attn_implementation(cfg, model)
     accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
                       f" ({'from scratch' if cfg.model.init_from_scratch else path})")
     if adapters is not None:
