@@ -1,0 +1,90 @@
+"""What a user pointing the toolkit at a downloaded SDAR-4B-Chat meets, at the real shape (hidden 2,560, 32 heads,
+8 KV heads, vocabulary 151,936, the real tokenizer and chat template, sharded bf16 safetensors) with 1 layer."""
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from t3d.model.checkpoint import load, stop_token_ids
+from tests.release_checkpoint import release_checkpoint, require_release
+
+IM_START, IM_END, ENDOFTEXT, MASK = 151644, 151645, 151643, 151669
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    require_release()
+    return release_checkpoint(1)
+
+
+@pytest.fixture(scope="module")
+def loaded_bf16(ckpt):
+    return load(str(ckpt), "bf16")
+
+
+def test_files_keep_the_release_layout(ckpt):
+    release = require_release()
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    real = json.loads((release / "model.safetensors.index.json").read_text())["weight_map"]
+    assert index["weight_map"] == {k: v for k, v in real.items() if not k.startswith("model.layers.")
+                                   or k.startswith("model.layers.0.")}
+    assert sorted(set(index["weight_map"].values())) == ["model-00001-of-00002.safetensors",
+                                                         "model-00002-of-00002.safetensors"]
+    for shard in set(index["weight_map"].values()):
+        with safe_open(str(ckpt / shard), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["attn_implementation"] == "flex_attention"
+    assert (config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"],
+            config["vocab_size"]) == (2560, 32, 8, 151936)
+
+
+def test_tokenizer_mask_and_stop_tokens(loaded_bf16):
+    model, tokenizer, _ = loaded_bf16
+    assert tokenizer.mask_token == "<|MASK|>" and tokenizer.mask_token_id == MASK == model.config.mask_token_id
+    vocab = tokenizer.get_vocab()
+    assert (vocab["<|im_end|>"], vocab["<|endoftext|>"], vocab["<|im_start|>"]) == (IM_END, ENDOFTEXT, IM_START)
+    assert stop_token_ids(tokenizer) == [ENDOFTEXT, IM_END]  # both end a response
+    assert tokenizer.pad_token_id == ENDOFTEXT
+    assert len(tokenizer) <= model.config.vocab_size
+
+
+def test_chat_template(loaded_bf16):
+    from t3d.tasks.prompting import build_prompt, encode_prompt
+
+    _, tokenizer, _ = loaded_bf16
+    text = build_prompt(tokenizer, {"question": "Compute 47+38."}, "math")
+    assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "Compute 47+38." in text
+    ids = encode_prompt(tokenizer, text)
+    assert ids[0] == IM_START and ids[-3:-1] == [IM_START, tokenizer.convert_tokens_to_ids("assistant")]
+    assert ids.count(IM_END) == 1 and MASK not in ids
+
+
+def test_dtypes_attention_and_logits_through_load(ckpt, loaded_bf16):
+    model, tokenizer, path = loaded_bf16
+    assert path == str(ckpt)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert model.config._attn_implementation == "flex_attention"  # the release config's own, forward runs on CPU
+    ids = torch.tensor([[IM_START, 872, 198, 1, 2, 3, MASK, MASK]])
+    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+        model.config._attn_implementation = "sdpa"  # the same weights through SDPA
+        try:
+            sdpa = model(ids, attention_mask=mask).logits
+        finally:
+            model.config._attn_implementation = "flex_attention"
+    assert logits.shape == (1, 8, 151936) and logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits.float(), sdpa.float(), rtol=0, atol=0.05)  # bf16 kernels round apart
+
+
+@pytest.mark.slow
+def test_fp32_load_matches_bf16_weights(ckpt, loaded_bf16):
+    model32, _, _ = load(str(ckpt))
+    assert {p.dtype for p in model32.parameters()} == {torch.float32}
+    for p, q in zip(model32.parameters(), loaded_bf16[0].parameters()):
+        assert torch.equal(p.to(torch.bfloat16), q)
