@@ -8,7 +8,10 @@
    published JetEngine figures for SDAR-4B on H200 (3,700-5,000 tokens/s). A 128-token warm-up decode
    projects the full run's time; if it would not fit `--decode-budget` seconds, the length is cut to fit
    and the table says so.
-2. One T3D training step as the trainer runs it with mixed_precision bf16: fp32 master weights under
+2. Attention alone at a ~4k-token T3D training layout (prompt 1,024 + response 1,536 twice, the block mask the
+   trainer builds), one layer's q/k/v at SDAR-4B's heads: for each attention implementation that runs on the
+   device, which kernel SDPA dispatched to (profiler op names), seconds and peak memory of forward + backward.
+3. One T3D training step as the trainer runs it with mixed_precision bf16: fp32 master weights under
    bf16 autocast, frozen bf16 reference copy, gradient checkpointing, fused AdamW; seconds per step and
    peak memory, beside the reference-style step (reference x2 no grad, target x2 with grad) on the same
    model and batch (one shared target/optimizer: two fp32 AdamW copies of 4B would not fit with the rest).
@@ -24,6 +27,9 @@ import torch
 from benchmarks import common as C
 from benchmarks.bench_training import reference_style_micro_step
 from t3d.decode.decoder import DecodeConfig, generate
+from t3d.model.checkpoint import ATTN_IMPLEMENTATIONS, attn_implementation_problem
+from t3d.model.masks import training_layout
+from t3d.model.sdar.modeling_sdar import flex_block_mask, sdar_attention
 from t3d.model.sdar import SDARConfig, SDARForCausalLM
 from t3d.train.data import Collate
 from t3d.train.objectives import T3DSettings, t3d_micro_step
@@ -123,6 +129,58 @@ def rollout(model, dev, args, ids):
             "peak_gib": dev.peak_gib(), "peak_extra_gib": dev.peak_gib() - base, "prompt_lengths": [min(lengths), max(lengths)]}
 
 
+SDPA_KERNELS = ("flash_attention", "efficient_attention", "cudnn_attention", "math", "for_cpu")
+
+
+def sdpa_kernel_ops(q, k, v, mask, scale):
+    """Names of the scaled-dot-product ops one SDPA call ran (the fused kernel it chose, or the math fallback)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        sdar_attention(q, k, v, mask, scale, "sdpa")
+    names = sorted({e.name for e in prof.events() if "scaled_dot_product" in e.name})
+    return names or ["(no scaled_dot_product op: math path)"]
+
+
+def attention(shape, dev, args, dtype):
+    """Per implementation: forward + backward of one layer's attention at the training layout -> result dict."""
+    prompt, response = args.attn_prompt, args.attn_response
+    P, R = torch.randint(10, 100, (1, prompt)), torch.randint(10, 100, (1, response))
+    lay = training_layout(P, torch.tensor([prompt]), R, torch.tensor([response]), torch.full_like(R, 3), 4)
+    mask = lay["attention_mask"].to(dev.name)
+    length = mask.shape[-1]
+    heads, kv, hd = shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
+    g = torch.Generator(device=dev.name).manual_seed(0)
+    q = torch.randn(1, heads, length, hd, device=dev.name, dtype=dtype, generator=g)
+    k = torch.randn(1, kv, length, hd, device=dev.name, dtype=dtype, generator=g)
+    v = torch.randn(1, kv, length, hd, device=dev.name, dtype=dtype, generator=g)
+    scale = hd ** -0.5
+    results = {"layout_tokens": length, "sdpa_kernel": sdpa_kernel_ops(q, k, v, mask, scale), "by_implementation": {}}
+    for name in ATTN_IMPLEMENTATIONS[1:]:
+        problem = attn_implementation_problem(name, dev.name)
+        if problem or name == "flash_attention_2":  # flash-attn has no arbitrary mask: it serves unmasked calls only
+            results["by_implementation"][name] = {"skipped": problem or "no arbitrary-mask support (unmasked calls only)"}
+            continue
+        backward = dev.cuda or name != "flex_attention"  # FlexAttention has no CPU backward
+        leaves = [t.detach().requires_grad_(backward) for t in (q, k, v)]
+
+        def run():
+            block = flex_block_mask(mask, 1, length, length) if name == "flex_attention" else mask
+            out = sdar_attention(*leaves, block, scale, name)
+            if backward:
+                out.float().square().mean().backward()
+            dev.sync()
+
+        run()  # compile / warm-up
+        dev.reset_peak()
+        base = dev.now_gib()
+        start = time.perf_counter()
+        run()
+        results["by_implementation"][name] = {"seconds": time.perf_counter() - start, "backward": backward,
+                                              "peak_extra_gib": dev.peak_gib() - base}
+    return results
+
+
 def training(model, dev, args, ids, dtype):
     """T3D step and reference-style step (interleaved, same target + optimizer) -> result dict."""
     target = model.float().train()  # fp32 master weights, as accelerate's bf16 mixed precision keeps them
@@ -180,6 +238,8 @@ def main(argv=None):
     p.add_argument("--train-response", type=int, default=1024, help="response length (training.max_gen_length)")
     p.add_argument("--train-steps", type=int, default=3, help="timed steps per variant")
     p.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false")
+    p.add_argument("--attn-prompt", type=int, default=1024, help="attention check: prompt tokens")
+    p.add_argument("--attn-response", type=int, default=1536, help="attention check: response tokens (twice in the layout)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results on GPU, none for --dry-run)")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -188,6 +248,7 @@ def main(argv=None):
         shape, ids, device = TINY, TINY_IDS, "cpu"
         args.rollout_batch, args.new_tokens, args.train_batch = 4, 32, 2
         args.train_prompt, args.train_response, args.train_steps = 32, 48, 1
+        args.attn_prompt, args.attn_response = 40, 60
         C.set_threads(C.DEFAULT_THREADS)
     else:
         if not torch.cuda.is_available():
@@ -203,6 +264,8 @@ def main(argv=None):
 
     roll = rollout(model, dev, args, ids)
     print(f"rollout: {roll['tokens_per_s']:.0f} tok/s", file=sys.stderr)
+    attn = attention(shape, dev, args, dtype)
+    print(f"attention: SDPA ran {', '.join(attn['sdpa_kernel'])}", file=sys.stderr)
     train = training(model, dev, args, ids, dtype)
     total = time.perf_counter() - started
 
@@ -232,10 +295,18 @@ def main(argv=None):
         f"{'max memory allocated' if dev.cuda else 'process RSS high-water mark'} during the step.",
         f"Script wall time {total:.0f} s.",
     ]
-    payload = {"dry_run": args.dry_run, "shape": shape, "params_b": params_b, "rollout": roll, "training": train,
+    attn_rows = [[name, r.get("skipped") or ("forward + backward" if r["backward"] else "forward only"),
+                  r.get("seconds"), r.get("peak_extra_gib")] for name, r in attn["by_implementation"].items()]
+    notes.insert(2, f"Attention: one layer, {attn['layout_tokens']}-token training layout (prompt {args.attn_prompt}, "
+                    f"response {args.attn_response} clean + noisy), bf16; SDPA dispatched to "
+                    f"{', '.join(attn['sdpa_kernel'])}.")
+    payload = {"dry_run": args.dry_run, "shape": shape, "params_b": params_b, "rollout": roll, "attention": attn,
+               "training": train,
                "jetengine_h200_tok_s": JETENGINE_H200, "total_s": total}
     C.report("gpu_check", "GPU check: SDAR-4B shape, bf16", info,
              [("Rollout:", C.markdown_table(decode_headers, decode_rows)),
+              ("Attention at the training layout (one layer):", C.markdown_table(
+                  ["implementation", "pass", "s", f"peak extra {mem_unit}"], attn_rows)),
               ("Training step:", C.markdown_table(train_headers, train_rows))],
              notes, payload, args.out or C.RESULTS, write=args.out is not None)
 
