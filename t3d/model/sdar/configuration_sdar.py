@@ -125,8 +125,9 @@ class SDARConfig(PretrainedConfig):
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
         # Real SDAR config.json files carry their training-time `attn_implementation: flex_attention`:
-        # transformers 5 would obey it, 4.x ignores it. Ignore the file's value under both, so the kernel is
-        # chosen only by from_pretrained(attn_implementation=...) (or the SDPA default), never by the file.
+        # transformers 5 would obey it, 4.x ignores it. Ignore it here under both: the toolkit's loader
+        # (t3d.model.checkpoint.choose_attn_implementation) reads the file's value itself and uses it when it
+        # runs on the device ("auto"), so the choice is the same under every transformers version.
         config_dict = {k: v for k, v in config_dict.items() if k != "attn_implementation"}
         return super().from_dict(config_dict, **kwargs)
 
