@@ -68,16 +68,18 @@ def test_dtypes_attention_and_logits_through_load(ckpt, loaded_bf16):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
-    assert model.config._attn_implementation == "flex_attention"  # the release config's own, forward runs on CPU
+    # the release config asks for flex_attention; off CUDA auto runs SDPA (FlexAttention is unfused there)
+    assert json.loads((ckpt / "config.json").read_text())["attn_implementation"] == "flex_attention"
+    assert model.config._attn_implementation == "sdpa"
     ids = torch.tensor([[IM_START, 872, 198, 1, 2, 3, MASK, MASK]])
     mask = torch.ones(1, 1, 8, 8, dtype=torch.bool)
     with torch.no_grad():
-        logits = model(ids, attention_mask=mask).logits
-        model.config._attn_implementation = "sdpa"  # the same weights through SDPA
+        sdpa = model(ids, attention_mask=mask).logits
+        model.config._attn_implementation = "flex_attention"  # the same weights through FlexAttention (runs on CPU)
         try:
-            sdpa = model(ids, attention_mask=mask).logits
+            logits = model(ids, attention_mask=mask).logits
         finally:
-            model.config._attn_implementation = "flex_attention"
+            model.config._attn_implementation = "sdpa"
     assert logits.shape == (1, 8, 151936) and logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
     torch.testing.assert_close(logits.float(), sdpa.float(), rtol=0, atol=0.05)  # bf16 kernels round apart
 

@@ -371,7 +371,10 @@ def setup(checkpoint_path, settings: RolloutSettings, state):
     from t3d.model.checkpoint import load
 
     dtype = settings.dtype if settings.dtype != "auto" else ("bf16" if state.device.type == "cuda" else "fp32")
-    model, tokenizer, _ = load(checkpoint_path, dtype=dtype, device=state.device)
+    model, tokenizer, _ = load(checkpoint_path, dtype=dtype, device=state.device,
+                               attn_implementation=settings.attn_implementation)
+    if state.is_main_process:
+        print(f"model: {dtype}, attention {model.config._attn_implementation}", flush=True)
     stop_ids = stop_ids_for(tokenizer, settings)
     trained_b = getattr(model.config, "block_size", None)
     if trained_b is not None and int(trained_b) != settings.decode.block_size:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from t3d.common.config import ConfigError
 from t3d.common.paths import output_root
 from t3d.decode.decoder import STRATEGIES, DecodeConfig
-from t3d.model.checkpoint import DTYPES
+from t3d.model.checkpoint import ATTN_IMPLEMENTATIONS, DTYPES
 from t3d.tasks.loading import check_options, is_hub, load_records
 from t3d.tasks.prompting import DATA_TYPES
 
@@ -116,6 +116,7 @@ class RolloutSettings:
     start_with_think: bool = False
     stop_strings: tuple = ()  # extra single-token stop strings
     dtype: str = "auto"
+    attn_implementation: str = "auto"  # auto = the checkpoint's own kernel where it runs well here, else sdpa
 
     @classmethod
     def from_section(cls, r):
@@ -139,6 +140,8 @@ class RolloutSettings:
         check(0 <= number_setting(r, "rollout.seed") < 2**32, "rollout.seed", r.seed, "in [0, 2**32)")  # as training's
         check(str(r.dtype) == "auto" or str(r.dtype) in DTYPES, "rollout.dtype", r.dtype,
               f"one of auto, {', '.join(DTYPES)}")
+        attn = str(r.get("attn_implementation", "auto"))
+        check(attn in ATTN_IMPLEMENTATIONS, "rollout.attn_implementation", attn, f"one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         stops = plain(r.stop_token_list)
         check(stops is None or all(isinstance(t, str) and t for t in stops), "rollout.stop_token_list", stops,
               "a list of non-empty strings")
@@ -155,7 +158,8 @@ class RolloutSettings:
             raise ConfigError(f"rollout: {err}") from None
         return cls(decode=decode, num_responses=int(r.num_response_per_task), seed=int(r.seed),
                    batch_size=int(r.batch_size or 0), max_active=int(r.max_active),
-                   start_with_think=bool(r.start_with_think), stop_strings=tuple(stops or ()), dtype=str(r.dtype))
+                   start_with_think=bool(r.start_with_think), stop_strings=tuple(stops or ()), dtype=str(r.dtype),
+                   attn_implementation=attn)
 
     @property
     def chunk_size(self):

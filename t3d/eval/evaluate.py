@@ -309,6 +309,8 @@ def evaluate(job: EvalJob, run: Run, state, model, tokenizer, stop_ids, items, *
     metrics["grade_seconds"] = grade_seconds
     metrics["wall_seconds"] = decode_seconds + grade_seconds
     metrics["load_seconds"] = load_seconds  # once per checkpoint, shared by its settings
+    metrics["model_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    metrics["attn_implementation"] = model.config._attn_implementation  # what auto chose on this device
     metrics["run_dir"] = str(run.run_dir)
     metrics["settings"] = run.settings
     metrics["inputs"] = run.inputs

@@ -73,7 +73,7 @@ def result_settings(rollout: RolloutSettings, dataset: DatasetSettings, execute:
            "rollout.remasking_strategy": d.strategy, "rollout.dynamic_threshold": d.dynamic_threshold,
            "rollout.start_with_think": rollout.start_with_think, "rollout.random_init_ratio": d.random_init_ratio,
            "rollout.stop_token_list": list(rollout.stop_strings), "rollout.seed": rollout.seed,
-           "rollout.dtype": rollout.dtype}
+           "rollout.dtype": rollout.dtype, "rollout.attn_implementation": rollout.attn_implementation}
     if d.strategy != DYNAMIC:
         del out["rollout.dynamic_threshold"]  # unused by the static rule
     out.update({

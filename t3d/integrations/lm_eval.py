@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 NAME = "sdar_bd"
 MODEL_ARGS = ("pretrained", "block_size", "denoising_steps", "remasking", "dynamic_threshold", "temperature",
-              "top_k", "top_p", "max_gen_toks", "seed", "dtype", "device", "num_threads", "batch_size",
+              "top_k", "top_p", "max_gen_toks", "seed", "dtype", "attn_implementation", "device", "num_threads", "batch_size",
               "max_batch_size")
 SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")  # the gen_kwargs the decoder honours besides
 DEFAULT_AUTO_BATCH = 64                                          # until and max_gen_toks
@@ -55,7 +55,7 @@ class SDARBlockDiffusionLM(LM):
 
     def __init__(self, pretrained=None, block_size=4, denoising_steps=4, remasking="low_confidence_static",
                  dynamic_threshold=0.9, temperature=0.0, top_k=0, top_p=1.0, max_gen_toks=256, seed=0,
-                 dtype="auto", device=None, num_threads=1, batch_size=1, max_batch_size=None, trust_remote_code=None,
+                 dtype="auto", attn_implementation="auto", device=None, num_threads=1, batch_size=1, max_batch_size=None, trust_remote_code=None,
                  **unknown):
         super().__init__()
         import torch
@@ -87,7 +87,9 @@ class SDARBlockDiffusionLM(LM):
         dtype = self.settings.dtype
         if dtype == "auto":
             dtype = "bf16" if str(device).startswith("cuda") else "fp32"
-        self.model, self.tokenizer, self.checkpoint = load(pretrained, dtype=dtype, device=device)
+        self.model, self.tokenizer, self.checkpoint = load(pretrained, dtype=dtype, device=device,
+                                                           attn_implementation=attn_implementation)
+        self.attn_implementation = self.model.config._attn_implementation  # what auto chose here
         self._device = self.model.device
         self.dtype = str(dtype)
         self.stop_ids = stop_token_ids(self.tokenizer)
@@ -281,7 +283,8 @@ class SDARBlockDiffusionLM(LM):
                                        for s in sorted({r["settings"] for r in records})]
         decoding = {k: v for k, v in asdict(self.settings.decode).items() if k not in ("max_new_tokens", "temperature",
                                                                                    "top_k", "top_p", "stop_at_eos")}
-        return {"model": NAME, "checkpoint": self.checkpoint, "dtype": self.dtype, "seed": self.settings.seed,
+        return {"model": NAME, "checkpoint": self.checkpoint, "dtype": self.dtype,
+                "attn_implementation": self.attn_implementation, "seed": self.settings.seed,
                 "decoding": decoding, "tasks": tasks, "total": figures(self._records)}
 
 

@@ -351,11 +351,13 @@ def attn_implementation_problem(name, device="cpu", training=False):
 
 def choose_attn_implementation(requested, config, device="cpu", training=False):
     """The attention kernel to run: `requested`, or for "auto" the checkpoint config.json's own
-    attn_implementation when it runs on this device (and, when training, has a backward here), else sdpa.
+    attn_implementation when it runs well on this device (FlexAttention: CUDA only), else sdpa.
     An explicit choice that cannot run here is a one-line CheckpointError."""
     requested = "auto" if requested in (None, "") else str(requested)
     if requested == "auto":
         own = config.get("attn_implementation")
+        if own == "flex_attention" and not str(device).startswith("cuda"):
+            return "sdpa"  # off CUDA, FlexAttention runs unfused: slower than SDPA, and it has no backward
         return own if own and attn_implementation_problem(own, device, training) is None else "sdpa"
     problem = attn_implementation_problem(requested, device, training)
     if problem:
