@@ -58,3 +58,11 @@ def test_no_path_hacks_outside_the_entry_scripts():
     found = subprocess.run(["git", "grep", "-n", "-e", "sys.path.insert", "-e", "noqa: E402", "--", "*.py",
                             ":!tests/"], cwd=ROOT, capture_output=True, text=True).stdout
     assert found == ""
+
+
+def test_every_package_folder_is_in_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders <= listed, sorted(folders - listed)
