@@ -86,13 +86,19 @@ def t3d_micro_step(model, ref_model, batch, epoch, s):
         ref_real, ref_fake = (reduce(v, masked) for v in ref_logp.unbind(-1))
     logp = noisy_forward(model, batch, noise["noisy"], s.block_size,
                          head_fn=tlp.token_logprobs(torch.stack([real, fake], -1), budget)).head_output
-    tok_real, tok_fake = logp.unbind(-1)
-    l_real, l_fake = reduce(tok_real, masked), reduce(tok_fake, masked)
-    ddo, ddo_real, ddo_fake = losses.ddo_loss(l_real, ref_real, l_fake, ref_fake, s.alpha, s.beta)
     real_pos = torch.arange(real.shape[1], device=real.device)[None] < batch["real_len"][:, None]
-    path = losses.path_loss(-tok_real, noise["rank"], real_pos, s.path_k_steps, s.block_size)
-    if s.ddo_grad_scale != 1.0:
-        ddo = losses.scale_grad(ddo, s.ddo_grad_scale)
+
+    def terms(logp):
+        """(DDO term, path term, ddo_real, ddo_fake, l_real, l_fake) from the per-token log-probabilities."""
+        tok_real, tok_fake = logp.unbind(-1)
+        l_real, l_fake = reduce(tok_real, masked), reduce(tok_fake, masked)
+        ddo, ddo_real, ddo_fake = losses.ddo_loss(l_real, ref_real, l_fake, ref_fake, s.alpha, s.beta)
+        path = losses.path_loss(-tok_real, noise["rank"], real_pos, s.path_k_steps, s.block_size)
+        if s.ddo_grad_scale != 1.0:
+            ddo = losses.scale_grad(ddo, s.ddo_grad_scale)
+        return ddo, path, ddo_real, ddo_fake, l_real, l_fake
+
+    ddo, path, ddo_real, ddo_fake, l_real, l_fake = terms(logp)
     loss = s.lambda_ddo * ddo + s.lambda_path * path
     with torch.no_grad():
         disc_acc = losses.discriminator_accuracy(s.beta * (l_real - ref_real), s.beta * (l_fake - ref_fake))
@@ -100,8 +106,13 @@ def t3d_micro_step(model, ref_model, batch, epoch, s):
              "mask_ratio": noise["ratio"].float().mean(), "disc_acc": disc_acc}
     if logp.requires_grad:
         # Both terms reach the parameters only through these per-token log-probabilities, so their gradients
-        # there split the signal at no cost (a backward through a few [b, L] ops, no model or head pass).
-        parts["ddo_grad_share"] = losses.gradient_share(s.lambda_ddo * ddo, s.lambda_path * path, [logp]).detach()
+        # there split the signal. Measured on a detached copy: a few [b, L] ops, no model or head pass, and no
+        # autograd pass over the model's graph (distributed engines hook that graph and would see a backward).
+        with torch.enable_grad():
+            shadow = logp.detach().requires_grad_()
+            ddo_s, path_s = terms(shadow)[:2]
+            parts["ddo_grad_share"] = losses.gradient_share(s.lambda_ddo * ddo_s, s.lambda_path * path_s,
+                                                            [shadow]).detach()
         if s.exact_grad_share:  # the parameters' own gradients: two extra backward passes through the model
             params = [p for p in model.parameters() if p.requires_grad]
             parts["ddo_grad_share_exact"] = losses.gradient_share(s.lambda_ddo * ddo, s.lambda_path * path,

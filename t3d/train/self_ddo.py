@@ -4,6 +4,7 @@
         config=configs/ddo_sdar_full_self.yaml
     python train/self_ddo_sdar_full.py config=configs/ddo_sdar_full_self.yaml [key.sub=value ...]
 """
+import os
 from contextlib import nullcontext
 
 import torch
@@ -55,6 +56,9 @@ def check_config(cfg):
             raise ConfigError("training.reference_update=ema is not supported with model.lora (use rounds)")
         if str(tr.mixed_precision) == "bf16":  # a bf16 reference rounds away updates of (1 - decay) x the gap
             raise ConfigError("training.reference_update=ema needs an fp32 reference (training.mixed_precision=no)")
+    if tr.get("exact_grad_share", False) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # its extra backward passes through the model would run the distributed engine's gradient hooks
+        raise ConfigError("training.exact_grad_share runs in one process only (ddo_grad_share is logged anyway)")
     lora.lora_config(cfg)  # its one-line errors before anything is loaded
     check_attn_setting(cfg)
     if float(tr.target_temp) != 0.0:
