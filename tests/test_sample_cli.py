@@ -59,7 +59,7 @@ def test_sharded_runs_merged_equal_one_run_and_same_seed_same_output(tmp_path, t
     assert [i["response_ids"] for i in other_seed] != [i["response_ids"] for i in whole]
 
 
-def test_resume_skips_finished_sequences(tmp_path, tiny_dir, monkeypatch):
+def test_resume_skips_finished_sequences(tmp_path, tiny_dir, monkeypatch, capsys):
     import t3d.decode.rollout as rollout_mod
 
     data = write(tmp_path / "toy.json", QUESTIONS)
@@ -75,12 +75,19 @@ def test_resume_skips_finished_sequences(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.setattr(rollout_mod, "generate", crashing_generate)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_rollout_job(rollout_cfg(tmp_path, tiny_dir, data))
-    assert len(list((tmp_path / "out").rglob("*.partial.rank0.jsonl"))) == 1
+    (partial,) = (tmp_path / "out").rglob("*.partial.rank0.jsonl")
+    resumed = [json.loads(line) for line in partial.read_text().splitlines() if '"ids"' in line]
     assert not list((tmp_path / "out").rglob("outputs-eval-*.json"))  # nothing half-written
     calls.clear()
     crash[0] = False
+    capsys.readouterr()
     out = run_rollout_job(rollout_cfg(tmp_path, tiny_dir, data))
     assert sum(calls) == 10 - 4  # two batches of two were already done
+    summary = next(json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"sequences"'))
+    total = sum(len(ids) for item in json.loads(out.read_text()) for ids in item["response_ids"])
+    decoded = summary["tokens_per_second"] * summary["seconds"]  # the speed of what this run decoded
+    assert summary["resumed_sequences"] == 4 and decoded < total
+    assert decoded == pytest.approx(total - sum(len(r["ids"]) for r in resumed), rel=1e-3)
     assert out.read_bytes() == (tmp_path / "ref" / out.relative_to(tmp_path)).read_bytes()  # byte-identical
     assert json.loads(out.read_text()) == expected
 

@@ -272,8 +272,10 @@ def rollout(model, tokenizer, items, settings: RolloutSettings, *, data_type, st
     elapsed = time.perf_counter() - started
 
     gathered = gather_object([results]) if state.num_processes > 1 else [results]
+    # the cost of this run only: sequences resumed from an earlier run took none of these seconds
     stats = {"seconds": elapsed, "batch_forwards": forwards, "processes": state.num_processes,
-             "inputs": partials.inputs if partials else None}
+             "inputs": partials.inputs if partials else None, "resumed_sequences": len(done),
+             "decoded_tokens": sum(len(rec["ids"]) for part in gathered for rec in part)}
     if not state.is_main_process:
         return None, stats
     for part in gathered:
@@ -327,7 +329,8 @@ def summarize(results, stats):
         "batch_forwards": stats["batch_forwards"],  # of the main process
         "processes": stats["processes"],
         "seconds": stats["seconds"],
-        "tokens_per_second": tokens / max(stats["seconds"], 1e-9),
+        "resumed_sequences": stats.get("resumed_sequences", 0),
+        "tokens_per_second": stats.get("decoded_tokens", tokens) / max(stats["seconds"], 1e-9),
     }
 
 
