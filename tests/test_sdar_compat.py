@@ -213,11 +213,11 @@ def test_real_sdar_config_json_loads_with_sdar_semantics(tmp_path):
     assert type(model) is SDARForCausalLM and model.dtype == torch.float32
     assert (c.rope_theta, c.rope_scaling, c.tie_word_embeddings, c.use_cache) == (1e6, None, False, False)
     assert (c.fuse_cross_entropy, c.block_size, c.mask_token_id, c.sliding_window) == (True, 4, 47, None)
-    # "auto": the file's own flex_attention, which runs forward on CPU; an explicit choice wins
-    assert c._attn_implementation == "flex_attention"
+    # "auto": the file asks for flex_attention, which off CUDA runs unfused, so SDPA; an explicit choice wins
+    assert c._attn_implementation == "sdpa"
     from t3d.model.checkpoint import load_model
 
-    assert load_model(str(tmp_path), attn_implementation="sdpa").config._attn_implementation == "sdpa"
+    assert load_model(str(tmp_path), attn_implementation="flex_attention").config._attn_implementation == "flex_attention"
     assert load_model(str(tmp_path), training=True).config._attn_implementation == "sdpa"  # no CPU backward
     assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
     assert torch.equal(model.lm_head.weight, weights["lm_head.weight"])
