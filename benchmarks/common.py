@@ -181,7 +181,7 @@ def tiny_tokenizer():
 
 
 def random_sdar(tokenizer, seed=0, dtype=torch.float32, device="cpu", **overrides):
-    """A random-weight SDAR of the embedded default's shape (models/build_tiny_sdar.TINY_CONFIG) with that
+    """A random-weight SDAR of the embedded default's shape (t3d.model.tiny.TINY_CONFIG) with that
     tokenizer's vocabulary; `overrides` change the shape (e.g. hidden_size=512)."""
     from t3d.model.sdar import SDARConfig, SDARForCausalLM
     from t3d.model.tiny import TINY_CONFIG

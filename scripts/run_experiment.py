@@ -287,7 +287,7 @@ class Experiment:
         self.run_once(name, cmd, [self.out / "thresholds.json"])
         rows = self.sweep_rows(name, "val")
         pts = sorted(((r["tokens_per_forward"], 100 * r["accuracy"], r["dynamic_threshold"]) for r in rows))
-        floor = pts[0][1] - 5.0  # utils/aup.py's filter: within 5 points of the slowest point
+        floor = pts[0][1] - 5.0  # t3d.eval.aup's filter: within 5 points of the slowest point
         kept = [tau for _, y, tau in pts if y >= floor]
         chosen = sorted(kept[-int(self.exp["max_thresholds"]):], reverse=True)
         y_max = max(y for _, y, _ in pts)

@@ -1,4 +1,4 @@
-"""LoRA through PEFT (train/lora.py, the adapter side of utils/checkpoint.py): zero-effect adapters make the first
+"""LoRA through PEFT (t3d.train.lora, the adapter side of t3d.model.checkpoint): zero-effect adapters make the first
 T3D step the full one, only the trained adapter learns, the self-play snapshot reference, adapter checkpoints
 through the one loader, config errors; slow: LoRA T3D through the CLI (kill and resume in round 2, ZeRO-1 with
 2 processes, eval.py on the adapter)."""

@@ -141,7 +141,7 @@ def method_name(checkpoint, sweep_kind):
 
 
 def aup_rows(rows):
-    """AUP (utils/aup.py) of every method of a sweep with at least two settings; a method is a checkpoint's
+    """AUP (t3d.eval.aup) of every method of a sweep with at least two settings; a method is a checkpoint's
     S sweep or its dynamic-threshold sweep. y_max is the sweep's best accuracy, so the scores compare only
     within this sweep; points are (tokens per forward, accuracy %), the prefill forward included."""
     y_max = 100 * max((r["accuracy"] for r in rows), default=0.0)

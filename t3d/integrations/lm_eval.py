@@ -130,7 +130,7 @@ class SDARBlockDiffusionLM(LM):
         return self.tokenizer.chat_template if chat_template else None
 
     def apply_chat_template(self, chat_history, add_generation_prompt=True):
-        """The tokenizer's chat template, applied as utils/prompting.build_prompt does (prompts equal eval.py's)."""
+        """The tokenizer's chat template, applied as t3d.tasks.prompting.build_prompt does (prompts equal eval.py's)."""
         self._chat_templated = True
         return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
                                                   continue_final_message=not add_generation_prompt)

@@ -461,7 +461,7 @@ class SDARForCausalLM(SDARPreTrainedModel):
         `logits_to_keep`: int n keeps the last n positions (0 = all), a slice or index tensor selects positions.
         `head_fn(hidden [b, n, H], lm_head)`: replaces `lm_head(hidden)` on the kept positions; its result is
         returned as `head_output` (logits None). It runs here, inside the wrapped model's forward, so DeepSpeed
-        ZeRO-3 gathers `lm_head` whenever head_fn calls it (e.g. chunk by chunk: train/token_logprobs.py)."""
+        ZeRO-3 gathers `lm_head` whenever head_fn calls it (e.g. chunk by chunk: t3d.train.token_logprobs)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
