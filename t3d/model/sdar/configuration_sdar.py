@@ -1,7 +1,7 @@
 """SDAR configuration: Qwen3's decoder hyper-parameters; blocks live in the caller's attention mask.
 
 One class for transformers 4.57 and 5.x. The on-disk schema is SDAR's own (`rope_theta` + `rope_scaling`,
-spec §1.1) under both, so a checkpoint written with either version loads in the other and in SDAR's
+as the released config.json files write them) under both, so a checkpoint written with either version loads in the other and in SDAR's
 original remote code. In memory the RoPE settings live in one standardised dict, `rope_parameters`
 (transformers 5's form: `rope_type`, `rope_theta` and the scaling keys); `rope_theta` and `rope_scaling`
 are views of it. transformers 5 turned `rope_scaling` into an alias of `rope_parameters` (never None,
