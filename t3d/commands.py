@@ -41,50 +41,43 @@ def evaluate(argv=None):
     _stage("t3d.eval.evaluate", "run_eval_job", "eval.yaml", argv)
 
 
+def _tool(module, argv):
+    """A tool with its own flags: its module's main(argv) is the exit status."""
+    from importlib import import_module
+
+    sys.exit(import_module(module).main(argv))
+
+
 def preprocess(argv=None):
     """Stage 2: rollout files -> training records (rename_key.py)."""
-    from t3d.train.records import main
-
-    sys.exit(main(argv))
+    _tool("t3d.train.records", argv)
 
 
 def download(argv=None):
     """Fetch a dataset into the toolkit's schema (download_data.py)."""
-    from t3d.tasks.download import main
-
-    sys.exit(main(argv))
+    _tool("t3d.tasks.download", argv)
 
 
 def merge_shards(argv=None):
     """Merge the per-node rollout files of a multi-node rollout."""
-    from t3d.decode.shards import main
-
-    sys.exit(main(argv))
+    _tool("t3d.decode.shards", argv)
 
 
 def build_tiny(argv=None):
     """Write a small random SDAR checkpoint with the toolkit's tokenizer."""
-    from t3d.model.tiny import main
-
-    sys.exit(main(argv))
+    _tool("t3d.model.tiny", argv)
 
 
 def view(argv=None):
     """Show one response's decode order in the terminal and as an HTML page."""
-    from t3d.decode.view import main
-
-    sys.exit(main(argv))
+    _tool("t3d.decode.view", argv)
 
 
 def export(argv=None):
     """Copy a checkpoint as a standalone model with a model card; optionally push it to the hub."""
-    from t3d.model.publish import main
-
-    sys.exit(main(argv))
+    _tool("t3d.model.publish", argv)
 
 
 def lm_eval(argv=None):
     """lm-evaluation-harness's own command line with the `sdar_bd` model registered."""
-    from t3d.integrations.lm_eval import main
-
-    sys.exit(main(argv))
+    _tool("t3d.integrations.lm_eval", argv)
