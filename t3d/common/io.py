@@ -12,6 +12,7 @@ from t3d.common.errors import DataError, ExpectedError  # noqa: F401  (DataError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file under the process's umask
 
 
 def _name_file(err, path):
@@ -30,7 +31,7 @@ def atomic_write_text(path, text):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask like open() would
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; outputs follow the umask like open() would
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)

@@ -6,11 +6,10 @@ carries the SDAR configuration and modeling code its config's `auto_map` names. 
 from t3d, so the copy is the toolkit's own model code.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 
-from t3d.common.io import atomic_write_json
+from t3d.common.io import FILE_MODE, atomic_write_json
 
 CODE_DIR = Path(__file__).resolve().parent / "sdar"
 CODE_FILES = ("configuration_sdar.py", "modeling_sdar.py")
@@ -19,12 +18,6 @@ AUTO_MAP = {
     "AutoModel": "modeling_sdar.SDARModel",
     "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
 }
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def make_standalone(directory):
@@ -48,7 +41,6 @@ def make_standalone(directory):
         if names and not all((directory / f"{n.split('.')[0]}.py").is_file() for n in names):
             tok.pop("auto_map")
             atomic_write_json(tokenizer_file, tok)
-    mode = 0o666 & ~_umask()
     for path in directory.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            path.chmod(mode)
+            path.chmod(FILE_MODE)
