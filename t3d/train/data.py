@@ -64,17 +64,16 @@ def _positive_int(record, key, where):
 
 
 def check_step_map(step_map, prompt_len, block_size, steps_per_block, where):
-    """RecordError unless every step is one the decoder can produce: >= 1 always and, with S known, at
-    most S per block over the absolute-position blocks the response spans (global numbering)."""
+    """RecordError unless every step is one the decoder can produce: >= 1, and at most S per block over the
+    absolute-position blocks the response spans (global numbering)."""
     low, high = min(step_map), max(step_map)
     if low < 1:
         raise RecordError(f"{where}: step_map has the value {low}; decoding steps start at 1", "impossible step_map")
-    if steps_per_block is not None:
-        most, blocks = max_step(len(step_map), block_size, steps_per_block, prompt_len)
-        if high > most:
-            raise RecordError(
-                f"{where}: step_map has the value {high} but the response spans {blocks} blocks of "
-                f"{steps_per_block} denoising steps (at most {most})", "impossible step_map")
+    most, blocks = max_step(len(step_map), block_size, steps_per_block, prompt_len)
+    if high > most:
+        raise RecordError(
+            f"{where}: step_map has the value {high} but the response spans {blocks} blocks of "
+            f"{steps_per_block} denoising steps (at most {most})", "impossible step_map")
 
 
 def _finish(index, prompt_ids, response_ids, step_map, limits, stops, pad_id, where):
