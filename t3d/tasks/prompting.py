@@ -4,6 +4,8 @@ The user message follows the reference's per-task instructions; the chat templat
 tokenizer (`apply_chat_template(..., add_generation_prompt=True)`), so the prompt ends with the
 assistant header *including* its newline, exactly as training concatenates prompt + response.
 """
+import weakref
+
 from t3d.common.io import DataError
 
 DATA_TYPES = ("math", "option", "code")
@@ -48,12 +50,22 @@ def build_prompt(tokenizer, item, data_type, start_with_think=False):
 _CONTENT = "\ue000t3d-user-content\ue000"  # a private-use sentinel no template or user text contains
 
 
+_FRAMES = weakref.WeakKeyDictionary()  # tokenizer -> (its chat template, control tokens, text before, after)
+
+
 def _chat_frame(tokenizer):
-    """(text before, text after) a user message's content in the tokenizer's chat template."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": _CONTENT}], add_generation_prompt=True,
-                                         tokenize=False)
-    before, _, after = text.partition(_CONTENT)
-    return before, after
+    """(control-token strings, text before, text after) a user message's content in the tokenizer's chat
+    template; rendered once per tokenizer and template, not once per prompt."""
+    template = getattr(tokenizer, "chat_template", None)
+    if tokenizer not in _FRAMES or _FRAMES[tokenizer][0] != template:
+        controls = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+        before = after = ""
+        if template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": _CONTENT}], add_generation_prompt=True,
+                                                 tokenize=False)
+            before, _, after = text.partition(_CONTENT)
+        _FRAMES[tokenizer] = (template, controls, before, after)
+    return _FRAMES[tokenizer][1:]
 
 
 def encode_prompt(tokenizer, prompt):
@@ -61,8 +73,7 @@ def encode_prompt(tokenizer, prompt):
     mentions "<|im_end|>") is encoded as the characters it is, so it cannot close the turn or open another;
     the template's own markers stay control tokens. A prompt without such text encodes as one tokenizer call."""
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    controls = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
-    before, after = _chat_frame(tokenizer) if getattr(tokenizer, "chat_template", None) else ("", "")
+    controls, before, after = _chat_frame(tokenizer)
     if not before or not prompt.startswith(before) or after not in prompt[len(before):]:
         return ids  # not a chat turn of this template: encoded as given
     end = prompt.rindex(after)
