@@ -262,11 +262,14 @@ def plan_runs(job: EvalJob, data_file, all_items, items):
         resolved = resolve_checkpoint(path)
         config, tokenizer = check_checkpoint(resolved), load_tokenizer(resolved)
         content = content_fingerprint(resolved)
+        checked = set()  # what decides whether prompts fit: one check per (max_token, think prefix), not per setting
         for setting in job.settings:
             rollout_settings = job.rollout_for(setting)
-            # a setting that cannot decode any item is refused before anything is written
-            prepare_prompts(items, tokenizer, rollout_settings, job.dataset.data_type,
-                            config.get("max_position_embeddings"))
+            fit = (rollout_settings.decode.max_new_tokens, rollout_settings.start_with_think)
+            if fit not in checked:  # a setting that cannot decode any item is refused before anything is written
+                prepare_prompts(items, tokenizer, rollout_settings, job.dataset.data_type,
+                                config.get("max_position_embeddings"))
+                checked.add(fit)
             runs.append(Run(label, path, resolved, setting,
                             result_dir(job.results_root, label, content, job.dataset, all_items, rollout_settings),
                             result_settings(rollout_settings, job.dataset, job.execute, data_file, resolved),
