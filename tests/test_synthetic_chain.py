@@ -78,3 +78,20 @@ def test_cli_writes_all_splits_and_rejects_bad_sizes(tmp_path, capsys):
         chain.main(["--val", "-1", "--out_dir", str(tmp_path / "bad")])
     assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()
     assert "synthetic_chain.py: error: val: asked for -1 problems" in capsys.readouterr().err
+
+
+def test_fresh_draw_is_test_pool_and_disjoint_from_test_and_ood():
+    """The fresh split: another stream of the test pool, no operand set of test or ood, ids of its own; the shipped
+    data/synthetic_chain_fresh.json is exactly what the generator writes."""
+    held = chain.make_items(500, 0, "test") + chain.make_items(400, 0, "ood")
+    fresh = chain.make_fresh(500, 0, held)
+    keys = [tuple(sorted(it["operands"])) for it in fresh]
+    assert len(set(keys)) == 500 and not set(keys) & {tuple(sorted(it["operands"])) for it in held}
+    assert all(chain.split_of(k) == "test" for k in keys)
+    assert [it["id"] for it in fresh[:2]] == ["synthetic_chain-fresh-0", "synthetic_chain-fresh-1"]
+    assert json.loads((ROOT / "data" / "synthetic_chain_fresh.json").read_text(encoding="utf-8")) == fresh
+    # a draw that collides with what it must exclude skips those problems and still returns n
+    first = chain.make_items(3, 1, "test")
+    again = chain.make_fresh(3, 0, first)
+    assert len(again) == 3 and not {tuple(sorted(i["operands"])) for i in again} & {
+        tuple(sorted(i["operands"])) for i in first}

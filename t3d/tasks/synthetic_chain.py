@@ -116,6 +116,18 @@ def make_items(n, seed, split):
     return items
 
 
+def make_fresh(n, seed, exclude):
+    """`n` test-pool problems drawn independently of the test split (the stream of seed + 1) that share no
+    operand set with `exclude` (the test and ood items of `seed`): a second test set of the same task family, to
+    check that a conclusion drawn on test is not a property of its particular problems."""
+    taken = {tuple(sorted(item["operands"])) for item in exclude}
+    items, drawn = [], n
+    while len(items) < n:
+        items = [it for it in make_items(drawn, seed + 1, "test") if tuple(sorted(it["operands"])) not in taken][:n]
+        drawn += n - len(items)
+    return [dict(it, id=f"synthetic_chain-fresh-{i}") for i, it in enumerate(items)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -124,6 +136,9 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=500, help="number of test problems")
     parser.add_argument("--ood", type=int, default=400, help="test-pool problems asked with unseen question templates")
     parser.add_argument("--smoke", type=int, default=16, help="size of synthetic_chain_smoke.json (test prefix); 0 = skip")
+    parser.add_argument("--fresh", type=int, default=0,
+                        help="size of synthetic_chain_fresh.json: test-pool problems of another stream, none of them "
+                             "in test or ood (0 = skip)")
     parser.add_argument("--out_dir", default=str(DATA))
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
@@ -134,6 +149,9 @@ def main(argv=None):
         parser.exit(2, f"synthetic_chain.py: error: {err}\n")
     if args.smoke:
         files.append((out / "synthetic_chain_smoke.json", make_items(args.smoke, args.seed, "test")))
+    if args.fresh:
+        held = [item for path, items in files if path.stem.endswith(("_test", "_ood")) for item in items]
+        files.append((out / "synthetic_chain_fresh.json", make_fresh(args.fresh, args.seed, held)))
     for path, items in files:
         atomic_write_text(path, dumps_items(items))
         print(f"wrote {path} ({len(items)} items)")
