@@ -49,7 +49,9 @@ DEFAULT_EXPERIMENT = ROOT / "configs" / "experiments" / "study_tiny.yaml"
 EXPERIMENT_KEYS = ("description", "task", "data_dir", "base", "base_sft", "block_size", "max_token", "steps",
                    "rollout_questions", "rollout_temperature", "split", "eval_items", "eval_temperature", "thresholds",
                    "max_thresholds", "jobs", "threads", "seeds", "trainers", "methods", "train_overrides", "goal",
-                   "baselines", "reference_method", "out", "results")
+                   "baselines", "reference_method", "out", "results", "curve_steps",
+                   "extra_splits")
+OPTIONAL_KEYS = ("description", "base_sft", "curve_steps", "extra_splits")
 GOALS = ("aup", "recovery")
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "chat_template.jinja")
@@ -67,10 +69,12 @@ def load_experiment(path):
     path = Path(path)
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     unknown = sorted(set(data) - set(EXPERIMENT_KEYS))
-    missing = [k for k in EXPERIMENT_KEYS if k not in data and k not in ("description", "base_sft")]
+    missing = [k for k in EXPERIMENT_KEYS if k not in data and k not in OPTIONAL_KEYS]
     if unknown or missing:
         raise ExperimentError(f"{path}: unknown keys {unknown}" if unknown else f"{path}: missing keys {missing}")
     data.setdefault("base_sft", None)
+    data["curve_steps"] = [int(n) for n in data.get("curve_steps") or []]
+    data["extra_splits"] = [str(s) for s in data.get("extra_splits") or []]
     if data["goal"] not in GOALS:
         raise ExperimentError(f"{path}: goal must be one of {GOALS}, got {data['goal']!r}")
     for name, m in data["methods"].items():
@@ -183,7 +187,11 @@ class Experiment:
             raise ExperimentError(f"{args.experiment}: --retrain-base needs base_sft in the experiment file")
         self.base = self.sft_checkpoint() if args.retrain_base else _path(e["base"]).resolve()
         data_dir = _path(e["data_dir"]).resolve()
-        self.split_file = {s: data_dir / f"{e['task']}_{s}.json" for s in ("train", "val", "test", "ood")}
+        self.split_file = {s: data_dir / f"{e['task']}_{s}.json"
+                           for s in ("train", "val", "test", "ood", *e["extra_splits"])}
+        missing = [str(self.split_file[s]) for s in e["extra_splits"] if not self.split_file[s].exists()]
+        if missing:
+            raise ExperimentError(f"{args.experiment}: extra_splits: no file {missing[0]}")
         self.questions = self.out / "data" / f"{e['task']}_train_rollout.json"
         self.records = self.out / "data" / f"{e['task']}_train_rollout_renamed.json"
         self.runs = [(m, seed) for m, spec in e["methods"].items() for seed in e["seeds"][spec.get("seeds", "main")]]
@@ -244,9 +252,14 @@ class Experiment:
     def trainer(self, method):
         return self.exp["trainers"][self.exp["methods"][method]["trainer"]]
 
-    def checkpoint(self, method, seed):
+    def checkpoint(self, method, seed, step=None):
+        """The run's final checkpoint, or its step checkpoint: `step`, else the method's `checkpoint_step` (a
+        stopping step chosen on val; the run still trains its whole schedule so that this checkpoint is the one
+        that was chosen)."""
         cfg = yaml.safe_load(_path(self.trainer(method)["config"]).read_text(encoding="utf-8"))
-        return self.out / f"{method}_seed{seed}" / "ckpt" / str(cfg["model"]["optimized_name"])
+        name = str(cfg["model"]["optimized_name"])
+        step = step or self.exp["methods"][method].get("checkpoint_step")
+        return self.out / f"{method}_seed{seed}" / "ckpt" / (f"{name}-step{int(step)}" if step else name)
 
     def train_job(self, method, seed):
         trainer, spec = self.trainer(method), self.exp["methods"][method]
@@ -308,7 +321,13 @@ class Experiment:
         return json.loads(path.read_text(encoding="utf-8"))["chosen"]
 
     def trained(self):
-        return {f"{m}_seed{s}": self.checkpoint(m, s) for m, s in self.runs}
+        """{label: checkpoint} of every run; with curve_steps also each run's step checkpoints
+        (<method>_step<N>_seed<s>: a learning curve, one point per saved step)."""
+        out = {}
+        for m, s in self.runs:
+            out.update({f"{m}_step{n}_seed{s}": self.checkpoint(m, s, n) for n in self.exp["curve_steps"]})
+            out[f"{m}_seed{s}"] = self.checkpoint(m, s)
+        return out
 
     def checkpoints(self):
         return {"base": self.base, **self.trained()}
@@ -319,15 +338,23 @@ class Experiment:
         split, ckpts = self.exp["split"], self.checkpoints()
         labels, n = list(ckpts), max(1, int(self.exp["jobs"]))
         parts = [labels[i::n] for i in range(min(n, len(labels)))]
-        jobs = [self.eval_job(f"eval_{split}_static{i}", {k: ckpts[k] for k in part}, split, self.steps)
-                for i, part in enumerate(parts)]
-        if self.chosen_thresholds():
-            jobs += [self.eval_job(f"eval_{split}_dynamic{i}", {k: ckpts[k] for k in part}, split,
-                                   thresholds=self.chosen_thresholds()) for i, part in enumerate(parts)]
+        jobs = []
+        for name in self.report_splits():
+            jobs += [self.eval_job(f"eval_{name}_static{i}", {k: ckpts[k] for k in part}, name, self.steps)
+                     for i, part in enumerate(parts)]
+            if self.chosen_thresholds():
+                jobs += [self.eval_job(f"eval_{name}_dynamic{i}", {k: ckpts[k] for k in part}, name,
+                                       thresholds=self.chosen_thresholds()) for i, part in enumerate(parts)]
         if split == "test" and self.split_file["ood"].exists():
             jobs += [self.eval_job(f"eval_ood_full{i}", {k: ckpts[k] for k in part}, "ood", [self.B])
                      for i, part in enumerate(parts)]
         return jobs
+
+    def report_splits(self):
+        """The evaluation split, then (when it is test) the experiment's extra splits, e.g. a fresh draw of the
+        same task family: each gets the full static + dynamic evaluation and its own report table."""
+        split = self.exp["split"]
+        return [split, *(self.exp["extra_splits"] if split == "test" else [])]
 
     def eval_finished(self, name, cmd):
         """An eval command that ran to the end with this very command (its sweep is there) is not run again. Another
@@ -369,21 +396,21 @@ class Experiment:
         n = len(items) if not self.exp["eval_items"] else min(int(self.exp["eval_items"]), len(items))
         return rows, n
 
-    def stage_report(self):
-        from t3d.common.io import atomic_write_json, atomic_write_text
-        from t3d.eval.evaluate import plot_sweep
-
-        e, split = self.exp, self.exp["split"]
+    def split_report(self, split, ood=False):
+        """One split's summary, goal, flags, bootstrap comparisons and markdown table."""
+        e = self.exp
         rows, n_items = self.rows(split)
         if not rows:
-            raise pl.StageError(f"no evaluation results in {self.out}: run the eval stage first")
-        ood_rows, n_ood = self.rows("ood") if split == "test" and self.split_file["ood"].exists() else ([], 0)
+            raise pl.StageError(f"no {split} evaluation results in {self.out}: run the eval stage first")
+        ood_rows, n_ood = self.rows("ood") if ood else ([], 0)
         summary = summarize(rows, ood_rows, self.steps, self.B, self.labels)
+        comparisons, intervals = bootstrap_comparisons(rows, summary, self.pairs(summary))
+        ref = e.get("reference_method") or "t3d"
         if e["goal"] == "aup":
-            goal = goal_check(summary, baselines=e["baselines"])
-            variants = {m: goal_check(summary, m, baselines=e["baselines"]) for m in summary
-                        if m.startswith("t3d_") and not m.endswith(DYNAMIC) and summary[m]["seeds"] > 1}
-            table = markdown(summary, self.steps, [goal, *variants.values()], self.B)
+            goal = goal_check(summary, ref, baselines=e["baselines"], intervals=intervals)
+            variants = {m: goal_check(summary, m, baselines=e["baselines"], intervals=intervals) for m in summary
+                        if m != ref and m.startswith("t3d_") and not m.endswith(DYNAMIC) and summary[m]["seeds"] > 1}
+            table = markdown(summary, self.steps, [goal, *variants.values()], self.B, intervals)
             main_summary = summary
         else:
             recovery = recovery_summary(rows, self.steps, self.labels)
@@ -391,37 +418,59 @@ class Experiment:
             table = recovery_markdown(recovery, self.steps, goal)
             main_summary = recovery
         flags = full_step_flags(rows, self.B)
-        comparisons = bootstrap_comparisons(rows, summary, self.pairs(summary))
+        table += "\n" + uncertainty_markdown(summary, flags, comparisons, self.B)
+        return {"rows": rows, "n_items": n_items, "ood_rows": ood_rows, "n_ood": n_ood, "summary": summary,
+                "main_summary": main_summary, "goal": goal, "variants": variants, "table": table, "flags": flags,
+                "comparisons": comparisons, "aup_intervals": intervals}
+
+    def stage_report(self):
+        from t3d.common.io import atomic_write_json, atomic_write_text
+        from t3d.eval.evaluate import plot_sweep
+
+        e, split = self.exp, self.exp["split"]
+        reports = {name: self.split_report(name, ood=(name == "test" and self.split_file["ood"].exists()))
+                   for name in self.report_splits()}
+        main = reports[split]
         history = self.history()
         thresholds = (json.loads((self.out / "thresholds.json").read_text(encoding="utf-8"))
                       if (self.out / "thresholds.json").exists() and self.candidates() else None)
         setup = {
             "experiment": _rel(Path(self.args.experiment).resolve()), "description": e.get("description"),
-            "base_checkpoint": _rel(self.base), "task": e["task"], "eval_split": split, "eval_items": n_items,
-            "ood_items": n_ood, "block_size": self.B, "steps": self.steps, "max_token": e["max_token"],
+            "base_checkpoint": _rel(self.base), "task": e["task"], "eval_split": split, "eval_items": main["n_items"],
+            "ood_items": main["n_ood"], "extra_splits": {x: _rel(self.split_file[x]) for x in self.report_splits()[1:]},
+            "block_size": self.B, "steps": self.steps, "max_token": e["max_token"],
             "eval_temperature": e["eval_temperature"], "rollout_questions": e["rollout_questions"],
             "rollout_temperature": e["rollout_temperature"], "rollout_steps_per_block": self.B, "seeds": e["seeds"],
-            "trainers": e["trainers"], "train_overrides": e["train_overrides"],
-            "methods": {m: spec.get("overrides") or {} for m, spec in e["methods"].items()},
+            "trainers": e["trainers"], "train_overrides": e["train_overrides"], "curve_steps": e["curve_steps"],
+            "methods": {m: {**(spec.get("overrides") or {}), **({"checkpoint_step": spec["checkpoint_step"]}
+                                                                 if spec.get("checkpoint_step") else {})}
+                        for m, spec in e["methods"].items()},
             "dynamic_thresholds": thresholds, "bootstrap": {"resamples": unc.RESAMPLES, "seed": unc.SEED, "level": 0.95},
         }
         keep = ("checkpoint", "sweep_kind", "setting", "denoising_steps_per_block", "dynamic_threshold", "accuracy",
                 "valid", "answer_rate", "mean_response_length", "mean_nfe", "tokens_per_forward",
                 "tokens_per_forward_no_prefill", "decode_seconds")
+
+        def section(r):
+            return {"summary": r["main_summary"], "aup_summary": r["summary"], "goal": r["goal"],
+                    "variant_goals": r["variants"], "full_step": full_step_table(r["summary"], self.B),
+                    "full_step_flags": r["flags"], "comparisons": r["comparisons"], "aup_intervals": r["aup_intervals"],
+                    "runs": [{k: x.get(k) for k in keep} for x in r["rows"]]}
+
         results = _path(e["results"])
         atomic_write_json(results / "results.json", {
-            "setup": setup, "summary": main_summary, "aup_summary": summary, "goal": goal, "variant_goals": variants,
-            "full_step": full_step_table(summary, self.B), "full_step_flags": flags, "comparisons": comparisons,
-            "runs": [{k: r.get(k) for k in keep} for r in rows],
-            "ood_runs": [{k: r.get(k) for k in keep} for r in ood_rows],
+            "setup": setup, **section(main), "ood_runs": [{k: r.get(k) for k in keep} for r in main["ood_rows"]],
+            "extra_splits": {x: {"items": r["n_items"], **section(r)} for x, r in reports.items() if x != split},
             "timings": {h["stage"]: h["seconds"] for h in history},
             "stage_wall_seconds": self.stage_seconds(),
         })
-        extra = uncertainty_markdown(summary, flags, comparisons, self.B)
-        atomic_write_text(results / "table.md", table + "\n" + extra)
-        plot_sweep(frontier_rows(summary), results / "accuracy_vs_tokens_per_forward.png",
-                   f"{e['task']} {split} (B={self.B}, greedy; trained: mean over seeds)",
-                   [{"method": s["label"], "aup": s["aup_mean"]} for s in summary.values() if s["aup_mean"] is not None])
+        for name, r in reports.items():
+            suffix = "" if name == split else f"_{name}"
+            atomic_write_text(results / f"table{suffix}.md", r["table"])
+            plot_sweep(frontier_rows(r["summary"]), results / f"accuracy_vs_tokens_per_forward{suffix}.png",
+                       f"{e['task']} {name} (B={self.B}, greedy; trained: mean over seeds)",
+                       [{"method": s["label"], "aup": s["aup_mean"]} for s in r["summary"].values()
+                        if s["aup_mean"] is not None])
         atomic_write_text(results / "commands.sh", self.commands(history))
         print((results / "table.md").read_text())
 
@@ -554,11 +603,12 @@ def summarize(rows, ood_rows, steps, block_size, labels):
 
 
 def goal_check(summary, method="t3d", tolerance=FULL_STEP_TOLERANCE, baselines=("base", "base_dynamic", "naive",
-                                                                                 "naive_dynamic")):
+                                                                                 "naive_dynamic"), intervals=None):
     """The aup goal for `method` (T3D as shipped, or a T3D variant): its AUP above every baseline's (base and naive,
     each with the static and the dynamic decoder) with non-overlapping seed ranges (T3D's lowest seed above the
     baseline's highest), T3D taken with its better decoder (by lowest seed), and its S = B accuracy at most 1 point
-    below the base's on the split."""
+    below the base's on the split. With `intervals` ({group: AUP 95% bootstrap interval over the items}) the AUP
+    must also be above with non-overlapping item intervals (T3D's low end above the baseline's high end)."""
     modes = [n for n in (method, method + DYNAMIC) if n in summary and summary[n]["aup_min"] is not None]
     if not modes:
         return None
@@ -567,8 +617,13 @@ def goal_check(summary, method="t3d", tolerance=FULL_STEP_TOLERANCE, baselines=(
     beats = {b: best > summary[b]["aup_max"] for b in baselines if b in summary and summary[b]["aup_max"] is not None}
     change = summary[method]["full_step_change"] if method in summary else None
     kept = change is not None and change >= -tolerance - 1e-9  # accuracies are k/n: exactly 1 point is within
-    return {"method": method, "t3d_decoder": decoder, "aup_beats": beats, "full_step_change": change, "full_step_kept": kept,
-            "met": bool(beats) and all(beats.values()) and kept}
+    beats_items = None
+    if intervals is not None:
+        mine = intervals.get(decoder)
+        beats_items = {b: mine is not None and b in intervals and mine["low"] > intervals[b]["high"] for b in beats}
+    met = bool(beats) and all(beats.values()) and kept and (beats_items is None or all(beats_items.values()))
+    return {"method": method, "t3d_decoder": decoder, "aup_beats": beats, "aup_beats_item_intervals": beats_items,
+            "full_step_change": change, "full_step_kept": kept, "met": met}
 
 
 def frontier_rows(summary):
@@ -586,7 +641,7 @@ def _pct(mean, std=None, n=1, signed=False):
     return text + (f" ± {100 * std:.1f}" if n > 1 and std is not None else "")
 
 
-def markdown(summary, steps, goals, block_size):
+def markdown(summary, steps, goals, block_size, intervals=None):
     settings = [f"S={s}" for s in steps]
     lines = ["| method | seeds | " + " | ".join(f"{s} acc %" for s in settings) + " | tok/fwd | tok/fwd w/o prefill | AUP | "
              f"Δ S={block_size} (split) | Δ S={block_size} (ood) |",
@@ -603,13 +658,19 @@ def markdown(summary, steps, goals, block_size):
                             if c in by and by[c]["tokens_per_forward_no_prefill"] is not None)
         aup_cell = "–" if s["aup_mean"] is None else (f"{s['aup_mean']:.1f}" + (
             f" ± {s['aup_std']:.1f} [{s['aup_min']:.1f}, {s['aup_max']:.1f}]" if s["seeds"] > 1 else ""))
+        if intervals and name in intervals:
+            aup_cell += f" (items 95%: {intervals[name]['low']:.1f}–{intervals[name]['high']:.1f})"
         lines.append(f"| {s['label']} | {s['seeds']} | " + " | ".join(accs) + f" | {tpf} | {tpf_np} | {aup_cell} | "
                      f"{_pct(s['full_step_change'], signed=True)} | {_pct(s['ood_full_step_change'], signed=True)} |")
     y_max = next(iter(summary.values()))["y_max"]
     lines += ["", f"AUP: d3LLM's accuracy under parallelism over each checkpoint's points (y_max = {y_max:.1f}%, the best "
-              "accuracy in the table); mean ± std over seeds [min, max]. Δ: S=B accuracy minus the base's, in points."]
+              "accuracy in the table); mean ± std over seeds [min, max]" + ("; items 95%: the seed-mean AUP's paired "
+              "bootstrap interval over the items" if intervals else "") + ". Δ: S=B accuracy minus the base's, in points."]
     for goal in filter(None, goals):
         beats = ", ".join(f"{b}: {'yes' if v else 'no'}" for b, v in goal["aup_beats"].items())
+        if goal.get("aup_beats_item_intervals") is not None:
+            beats += "; non-overlapping item intervals: " + ", ".join(
+                f"{b}: {'yes' if v else 'no'}" for b, v in goal["aup_beats_item_intervals"].items())
         lines.append(f"Goal for {summary[goal['method']]['label']} (lowest-seed AUP, with its better decoder "
                      f"({goal['t3d_decoder']}), above every "
                      f"baseline's highest; S={block_size} accuracy at most 1 point below the base): AUP above [{beats}]; "
@@ -730,15 +791,17 @@ def full_step_flags(rows, block_size, tolerance=FULL_STEP_TOLERANCE):
 
 def bootstrap_comparisons(rows, summary, pairs, resamples=unc.RESAMPLES, seed=unc.SEED):
     """Paired bootstrap intervals over the items for each (A, B) pair of summary groups: the seed-mean accuracy
-    difference at every setting both have, and the seed-mean AUP difference.
-    -> [{a, b, a_label, b_label, metric, diff, low, high}] (accuracies as fractions, AUP in its own units)."""
+    difference at every setting both have, and the seed-mean AUP difference; and every group's own seed-mean AUP
+    interval (the same resamples).
+    -> ([{a, b, a_label, b_label, metric, diff, low, high}] (accuracies as fractions, AUP in its own units),
+        {group: {aup, low, high}})."""
     groups = {}
     for r in rows:
         if r.get("run_dir") and (Path(r["run_dir"]) / "items.jsonl").exists():
             name = method_of(r["checkpoint"]) + (DYNAMIC if r["sweep_kind"] == "threshold" else "")
             groups.setdefault(name, {}).setdefault(r["setting"], []).append(r)
     if not groups:
-        return []
+        return [], {}
     first = next(iter(next(iter(groups.values())).values()))[0]
     items = sorted(unc.item_correctness(first["run_dir"]))
     idx = unc.resample_indices(len(items), resamples, seed)
@@ -786,7 +849,13 @@ def bootstrap_comparisons(rows, summary, pairs, resamples=unc.RESAMPLES, seed=un
             lo, hi = unc.interval(ra[1] - rb[1])
             out.append({"a": a, "b": b, "a_label": summary[a]["label"], "b_label": summary[b]["label"],
                         "metric": "AUP", "diff": ra[0] - rb[0], "low": lo, "high": hi})
-    return out
+    intervals = {}
+    for name in groups:
+        r = resampled_aup(name) if name in summary else None
+        if r is not None:
+            lo, hi = unc.interval(r[1])
+            intervals[name] = {"aup": r[0], "low": lo, "high": hi}
+    return out, intervals
 
 
 def _range(mean, std, lo, hi, n, scale=1.0, digits=1):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -113,7 +114,7 @@ def test_full_step_flags_and_aup_beside_full_step(rows):
 
 def test_bootstrap_comparisons_match_the_summary(rows):
     summary = rx.summarize(rows, [], [2, 1], 2, {"t3d": "T3D"})
-    comps = rx.bootstrap_comparisons(rows, summary, [("t3d", "base")])
+    comps, intervals = rx.bootstrap_comparisons(rows, summary, [("t3d", "base")])
     by = {c["metric"]: c for c in comps}
     assert set(by) == {"S=2", "S=1", "AUP"}
     assert by["S=1"]["diff"] == pytest.approx(0.7 - 0.4)
@@ -124,11 +125,22 @@ def test_bootstrap_comparisons_match_the_summary(rows):
     assert by["AUP"]["low"] <= by["AUP"]["diff"] <= by["AUP"]["high"]
     text = rx.uncertainty_markdown(summary, [], comps, 2)
     assert "| T3D − base | -5.0 [" in text and "+30.0 [" in text
+    # each group's own AUP interval: around its seed-mean AUP, from the same resamples
+    for name in ("t3d", "base"):
+        assert intervals[name]["aup"] == pytest.approx(summary[name]["aup_mean"])
+        assert intervals[name]["low"] <= intervals[name]["aup"] <= intervals[name]["high"]
+    # the goal with item intervals: met only when T3D's interval is entirely above the baseline's
+    goal = rx.goal_check(summary, "t3d", baselines=["base"], intervals=intervals)
+    overlap = intervals["t3d"]["low"] <= intervals["base"]["high"]
+    assert goal["aup_beats_item_intervals"] == {"base": not overlap}
+    assert goal["met"] is (goal["aup_beats"]["base"] and goal["full_step_kept"] and not overlap)
+    far = dict(intervals, base={"aup": 0.0, "low": -2.0, "high": -1.0})
+    assert rx.goal_check(summary, "t3d", baselines=["base"], intervals=far)["aup_beats_item_intervals"] == {"base": True}
 
 
 # --------------------------------------------------------------------------------- experiments and resuming
 def test_experiment_files_load_and_flags_override():
-    for name in ("study_tiny", "study_chain", "study_tiny_ablations", "demo_val"):
+    for name in ("study_tiny", "study_chain", "study_tiny_ablations", "demo_val", "tune_chain_v3"):
         exp = rx.load_experiment(ROOT / "configs" / "experiments" / f"{name}.yaml")
         for spec in exp["trainers"].values():
             assert (ROOT / spec["config"]).is_file()
@@ -169,3 +181,36 @@ def test_finished_jobs_are_kept_and_changed_ones_refused(tmp_path, monkeypatch):
     exp.stage_seconds({"train": 10.0})
     exp.stage_seconds({"train": 5.5, "eval": 1.0})
     assert exp.stage_seconds() == {"train": 15.5, "eval": 1.0}
+
+
+def test_curve_steps_checkpoint_step_and_extra_splits(tmp_path):
+    """curve_steps evaluates each run's step checkpoints as <method>_step<N>_seed<s>; a method's checkpoint_step
+    makes its evaluated checkpoint that step's (the run still trains its whole schedule); extra splits get the full
+    static + dynamic evaluation when the split is test."""
+    exp_file = tmp_path / "e.yaml"
+    spec = rx.load_experiment(ROOT / "configs/experiments/study_chain.yaml")
+    spec.update(curve_steps=[32, 64], extra_splits=["fresh"], thresholds=[], out=str(tmp_path / "out"),
+                methods={"t3d": {"label": "T3D", "trainer": "t3d", "checkpoint_step": 64},
+                         "naive": {"label": "naive", "trainer": "naive"}},
+                seeds={"main": [0]})
+    exp_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    exp = rx.Experiment(rx.parse_args(["--experiment", str(exp_file)]))
+    ckpts = exp.checkpoints()
+    run = tmp_path / "out" / "t3d_seed0" / "ckpt"
+    assert ckpts["t3d_seed0"] == run / "optimized-step64"
+    assert ckpts["t3d_step32_seed0"] == run / "optimized-step32"
+    assert ckpts["naive_seed0"] == tmp_path / "out" / "naive_seed0" / "ckpt" / "naive"
+    assert list(ckpts) == ["base", "t3d_step32_seed0", "t3d_step64_seed0", "t3d_seed0", "naive_step32_seed0",
+                           "naive_step64_seed0", "naive_seed0"]
+    names = [name for name, _ in exp.eval_jobs()]
+    assert names == ["eval_test_static0", "eval_test_static1", "eval_fresh_static0", "eval_fresh_static1",
+                     "eval_ood_full0", "eval_ood_full1"]
+    assert exp.split_of("eval_fresh_static1") == "fresh"
+    fresh_cmd = dict(exp.eval_jobs())["eval_fresh_static0"]
+    assert any(a.endswith("synthetic_chain_fresh.json") for a in fresh_cmd)
+    # a val study does not read the extra splits; a missing extra split file is one line naming it
+    assert exp.report_splits() == ["test", "fresh"]
+    spec.update(extra_splits=["nowhere"])
+    exp_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(rx.ExperimentError, match="extra_splits: no file .*synthetic_chain_nowhere.json"):
+        rx.Experiment(rx.parse_args(["--experiment", str(exp_file)]))
