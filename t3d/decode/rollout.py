@@ -25,7 +25,7 @@ from pathlib import Path
 from t3d.common.config import ConfigError
 from t3d.common.io import DataError, OutputLock, OutputLocked, append_text, atomic_write_text, move_aside, utc_stamp
 from t3d.decode.decoder import generate, sequence_seeds
-from t3d.decode.settings import RolloutJob, RolloutSettings, check_max_items
+from t3d.decode.settings import RolloutJob, RolloutSettings, check_max_items, snapshot_yaml
 from t3d.model.checkpoint import DTYPES
 from t3d.tasks.answers import extract_answer
 from t3d.tasks.loading import load_records
@@ -497,7 +497,9 @@ def run_rollout(job: RolloutJob):
                     item["step_map"] = [[] for _ in item["step_map"]]
         # the fingerprint first: a crash before the rollout file leaves a resumable run, never an unmarked file
         atomic_write_json(inputs_file(out_path), record)
-        atomic_write_text(config_file(out_path), job.config_yaml())
+        # the kernel that ran, as the trainer's config.yaml records it (`auto` resolved; not in the fingerprint)
+        atomic_write_text(config_file(out_path), snapshot_yaml(
+            job.config, **{"rollout.attn_implementation": model.config._attn_implementation}))
         atomic_write_json(out_path, results)
         remove_partials(out_path)
     summary = summarize(results, stats)
