@@ -4,7 +4,9 @@ through the one loader, config errors; slow: LoRA T3D through the CLI (kill and 
 2 processes, eval.py on the adapter)."""
 import copy
 import json
+import logging
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,7 @@ from t3d.train import lora
 from t3d.train.objectives import T3DSettings, t3d_micro_step
 from t3d.model.checkpoint import CheckpointError, check_checkpoint, content_fingerprint, load_model
 from t3d.common.config import ConfigError, load_config
+from t3d.common.paths import CHECKOUT
 
 LORA = ["model.lora.r=4", "model.lora.alpha=8.0"]
 
@@ -80,6 +83,64 @@ def test_bad_lora_configs_are_one_line_errors(override, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+BASE_NAME_ERROR = ("model.lora.base_name must be null (record the base the run loads) or the hub id or path adapters "
+                   "record as their base, e.g. 'JetLM/SDAR-4B-Chat'; got ")
+
+
+@pytest.mark.parametrize("override, got", [("model.lora.base_name=5", "5"), ("model.lora.base_name=''", "''"),
+                                           ("model.lora.base_name=[a,b]", "['a', 'b']"),
+                                           ("model.lora.base_name=' JetLM/x'", "' JetLM/x'"),
+                                           ("model.lora.base_name.x=1", "{'x': 1}")])
+def test_bad_base_names_are_one_line_errors_naming_the_key(override, got):
+    with pytest.raises(ConfigError) as err:
+        lora_cfg(override)
+    assert str(err.value) == BASE_NAME_ERROR + got
+
+
+def test_base_name_is_optional_and_taken_verbatim():
+    for name in ("JetLM/SDAR-4B-Chat", "../bases/sdar-4b", "/data/models/SDAR 4B"):
+        assert lora.base_name(load_config(["config=configs/ddo_sdar_full_self.yaml", f"model.lora.base_name={name}"])) \
+            == name
+        assert lora.base_source("models/sdar-tiny", "/abs/models/sdar-tiny", name) == name
+    assert lora.base_name(load_config(["config=configs/ddo_sdar_full_self.yaml"])) is None
+    old = load_config(["config=configs/ddo_sdar_full_self.yaml", *LORA])
+    del old.model.lora["base_name"]  # a config written before the key existed
+    assert lora.base_name(old) is None and lora.lora_config(old).r == 4
+
+
+def test_recorded_base_is_relative_inside_the_output_tree_only(tmp_path):
+    tree, outside = tmp_path / "out", tmp_path / "elsewhere"
+    (tree / "bases" / "tiny").mkdir(parents=True)
+    (outside / "tiny").mkdir(parents=True)
+    adapter = tree / "run" / "ckpt" / "optimized"  # not created yet: saving writes it
+    (tree / "run" / "ckpt" / "sft").mkdir(parents=True)  # an earlier checkpoint of the same run, as a base
+    assert lora.recorded_base(str(tree / "bases" / "tiny"), adapter, tree) == "../../../bases/tiny"
+    assert lora.recorded_base(str(tree / "run" / "ckpt" / "sft"), adapter, tree) == "../sft"
+    assert lora.recorded_base(str(outside / "tiny"), adapter, tree) == str(outside / "tiny")  # not in the tree
+    assert lora.recorded_base(str(tree / "bases" / "tiny"), outside / "a", tree) == str(tree / "bases" / "tiny")
+    assert lora.recorded_base("JetLM/SDAR-4B-Chat", adapter, tree) == "JetLM/SDAR-4B-Chat"  # a hub id
+    assert lora.recorded_base(str(tree / "bases" / "tiny"), adapter, None) == str(tree / "bases" / "tiny")
+    (tmp_path / "link").symlink_to(tree)  # the tree named through a symbolic link: the same rule
+    assert lora.recorded_base(str(tree / "bases" / "tiny"), tmp_path / "link" / "run" / "ckpt" / "x",
+                              tmp_path / "link") == "../../../bases/tiny"
+
+
+def test_checkpoint_records_base_name_verbatim_else_the_tree_rule(tmp_path):
+    from types import SimpleNamespace
+
+    from t3d.train.checkpoints import adapter_base_record
+
+    base = tmp_path / "out" / "bases" / "tiny"
+    base.mkdir(parents=True)
+    model = SimpleNamespace(peft_config={lora.TRAINED: SimpleNamespace(base_model_name_or_path=str(base))})
+    dest = tmp_path / "out" / "ddo_sdar_full_self" / "ckpt" / "optimized"
+    argv = ["config=configs/ddo_sdar_full_self.yaml", f"experiment.output_dir={tmp_path / 'out'}", *LORA]
+    assert adapter_base_record(load_config(argv), model, dest) == "../../../bases/tiny"
+    named = load_config([*argv, f"model.lora.base_name={base}"])  # a path inside the tree, yet verbatim
+    model.peft_config[lora.TRAINED].base_model_name_or_path = lora.base_source(str(base), str(base), str(base))
+    assert adapter_base_record(named, model, dest) == str(base)
+
+
 def test_step0_lora_t3d_loss_equals_full_loss_and_only_adapters_learn(tiny, adapted):
     base, tokenizer = tiny
     model, _ = adapted
@@ -124,13 +185,25 @@ def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
     out = tmp_path / "adapter"
     merged = lora.save_adapter(model, None, out, merged=True).eval()
     assert {"adapter_config.json", "adapter_model.safetensors", "merged"} <= {p.name for p in out.iterdir()}
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_dir)
+    written = json.loads((out / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] == str(tiny_dir) and written["task_type"] == "CAUSAL_LM"
+    assert written.get("auto_mapping") is None  # PEFT names no module of t3d's for a task-typed adapter
+    assert model.peft_config[lora.TRAINED].task_type is None  # training keeps the plain PeftModel
+    # an adapter saved before task_type was written (PEFT's save_pretrained alone: task_type null)
+    model.save_pretrained(tmp_path / "old", selected_adapters=[lora.TRAINED], safe_serialization=True,
+                         save_embedding_layers=False)
+    old = json.loads((tmp_path / "old" / "adapter_config.json").read_text())
+    assert old["task_type"] is None and old["auto_mapping"]["base_model_class"] == "SDARForCausalLM"
+    assert (tmp_path / "old" / "adapter_model.safetensors").read_bytes() == \
+        (out / "adapter_model.safetensors").read_bytes()
     assert not any("lora" in k for k in load_file(str(out / "merged" / "model.safetensors")))
     x = torch.randint(10, 200, (2, 8))
     loaded, from_merged_dir = load_model(str(out)), load_model(str(out / "merged"))
+    from_old = load_model(str(tmp_path / "old"))
     with torch.no_grad():
         want = merged(input_ids=x).logits
         assert loaded(input_ids=x).logits.equal(want) and from_merged_dir(input_ids=x).logits.equal(want)
+        assert from_old(input_ids=x).logits.equal(want)  # old (task_type null) and new adapters: the same model
         unmerged = model.eval()(input_ids=x).logits  # the PEFT forward: same numbers up to rounding
     assert (unmerged - want).abs().max() < 1e-4
     assert check_checkpoint(str(out))["model_type"] == "sdar"
@@ -151,6 +224,52 @@ def test_adapter_checkpoint_round_trip_through_the_loader(tiny_dir, tmp_path):
         load_model(str(out))
     assert str(err.value) == (f"{out / 'adapter_config.json'}: base model not found: checkpoint_path '{other_base}': "
                               "no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
+
+
+class Collect(logging.Handler):
+    """The records transformers logs (its library root logger does not propagate, so caplog sees none)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        logging.getLogger("transformers").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("transformers").removeHandler(self)
+
+
+def test_the_toolkit_model_takes_a_causal_lm_adapter_without_generation_warnings(tiny_dir, tmp_path):
+    """A saved adapter says task_type CAUSAL_LM, so PEFT wraps the base in PeftModelForCausalLM, which keeps the
+    base's prepare_inputs_for_generation: SDAR has one (raising, like generate) and answers can_generate False
+    itself, so transformers prints no "has generative capabilities" warning."""
+    from peft import PeftModel, PeftModelForCausalLM
+
+    from t3d.model.sdar.modeling_sdar import NO_GENERATE, SDARForCausalLM
+
+    torch.manual_seed(0)
+    model = lora.add_adapters(load_model(str(tiny_dir)), lora_cfg(), str(tiny_dir))
+    perturb(model)
+    lora.save_adapter(model, None, tmp_path / "adapter", merged=False)
+    with Collect() as logged:
+        wrapped = PeftModel.from_pretrained(load_model(str(tiny_dir)), str(tmp_path / "adapter")).eval()
+        assert type(wrapped) is PeftModelForCausalLM and SDARForCausalLM.can_generate() is False
+        assert load_model(str(tmp_path / "adapter")).can_generate() is False  # the toolkit's loader: the same
+    assert logged.messages == []
+    assert wrapped.get_base_model().generation_config is None  # as before: no generation_config.json is saved
+    x = torch.randint(10, 200, (2, 8))
+    base = wrapped.get_base_model()
+    for call in (lambda: wrapped.generate(input_ids=x), lambda: base.prepare_inputs_for_generation(x)):
+        with pytest.raises(NotImplementedError) as err:
+            call()
+        assert str(err.value) == NO_GENERATE
+    with torch.no_grad():
+        assert (wrapped(input_ids=x).logits - model.eval()(input_ids=x).logits).abs().max() < 1e-5
 
 
 def test_lm_eval_model_loads_an_adapter_directory(tiny_dir, tmp_path):
@@ -245,8 +364,96 @@ def test_lora_sft_in_process_saves_an_adapter_and_its_rank_is_in_the_resume_fing
         assert (model(input_ids=x).logits - base(input_ids=x).logits).abs().max() > 1e-3
     assert sft([*argv, "model.lora.save_merged=true"]) == 0  # saving cadence only: resumes (already finished)
     assert (saved / "merged" / "model.safetensors").is_file()
+    # the base lies outside experiment.output_dir: recorded by its absolute path
+    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_dir)
+    # model.lora.base_name is recorded verbatim; it changes no trained number, so the finished run resumes
+    assert sft([*argv, "model.lora.base_name=JetLM/SDAR-4B-Chat"]) == 0
+    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == "JetLM/SDAR-4B-Chat"
+    assert sft([*argv, "model.lora.base_name=7"]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: " + BASE_NAME_ERROR + "7")
     assert sft([*argv, "model.lora.r=8"]) == 2
     assert "it belongs to a different run (model.lora.r 4 -> 8)" in capsys.readouterr().err
+
+
+AUTO_PEFT = """
+import json, sys
+class NoT3D:  # only the adapter and its base: the package is not installed here
+    def find_spec(self, name, path=None, target=None):
+        if name == "t3d" or name.startswith("t3d."):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, NoT3D())
+import torch
+from peft import AutoPeftModelForCausalLM
+path, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+try:
+    model.generate(input_ids=ids)
+except NotImplementedError as err:
+    refused = str(err)
+with torch.no_grad():
+    unmerged = model(input_ids=ids).logits
+    merged = model.merge_and_unload()(input_ids=ids).logits
+print(json.dumps({"class": type(model).__name__, "unmerged": unmerged.flatten().tolist(),
+                  "merged": merged.flatten().tolist(), "generate": refused}))
+"""
+
+
+def test_a_trained_adapter_moves_with_its_base_and_loads_with_auto_peft(tmp_path, capsys, isolated):
+    """A LoRA SFT run whose base (models/sdar-tiny) lies inside experiment.output_dir records it relative to the
+    adapter; the output folder copied elsewhere (the original deleted) still loads through the toolkit's loader,
+    bit for bit, and through peft.AutoPeftModelForCausalLM without t3d (run from the adapter directory, where a
+    relative base resolves for PEFT too): the merged model gives the toolkit's logits exactly, with no
+    transformers warning about generation."""
+    out = tmp_path / "out"
+    shutil.copytree(CHECKOUT / "models" / "sdar-tiny", out / "bases" / "sdar-tiny")  # symlinked code: copied
+    items = [{"question": f"Compute {a}+{a + 1}.", "solution": f"{a}+{a + 1}={2 * a + 1}. \\boxed{{{2 * a + 1}}}"}
+             for a in range(10, 18)]
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    assert sft(["config=configs/sft_tiny.yaml", f"experiment.output_dir={out}", "model.init_from_scratch=false",
+                f"model.pretrained_model={out / 'bases' / 'sdar-tiny'}",
+                f"dataset.optimization_data={tmp_path / 'items.json'}",
+                "training.batch_size_lm=8", "training.num_train_epochs=1", "training.num_threads=1",
+                "optimizer.params.learning_rate=1e-2", *LORA]) == 0
+    capsys.readouterr()
+    saved = out / "sft_tiny" / "ckpt" / "sft"
+    config = json.loads((saved / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "../../../bases/sdar-tiny"
+    assert config["task_type"] == "CAUSAL_LM" and config.get("auto_mapping") is None
+    ids = torch.tensor([[5, 17, 42, 3, 3, 3, 3, 9, 11, 2]])
+    with torch.no_grad():
+        before = load_model(str(saved))(input_ids=ids).logits
+        assert (before - load_model(str(out / "bases" / "sdar-tiny"))(input_ids=ids).logits).abs().max() > 1e-3
+
+    # t3d-export copies the adapter alone: its copy records the base's absolute path (relative, it names nothing)
+    from t3d.model.publish import export
+
+    exported = export(saved, tmp_path / "exported")
+    pinned = str((out / "bases" / "sdar-tiny").resolve())
+    assert json.loads((exported / "adapter_config.json").read_text())["base_model_name_or_path"] == pinned
+    assert f"- Base model: `{pinned}`" in (exported / "README.md").read_text()
+    with torch.no_grad():
+        assert load_model(str(exported))(input_ids=ids).logits.equal(before)
+    shutil.rmtree(exported)
+
+    moved = tmp_path / "elsewhere" / "shipped"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    adapter_dir = moved / "sft_tiny" / "ckpt" / "sft"
+    with torch.no_grad():
+        assert load_model(str(adapter_dir))(input_ids=ids).logits.equal(before)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    run = subprocess.run([sys.executable, "-c", AUTO_PEFT, ".", json.dumps(ids.tolist())], cwd=adapter_dir, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "generat" not in run.stderr.lower(), run.stderr[-3000:]  # no can_generate / GenerationMixin warning
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["class"] == "PeftModelForCausalLM"
+    assert got["merged"] == before.flatten().tolist()  # merged as the toolkit merges: the same numbers exactly
+    assert (torch.tensor(got["unmerged"]) - before.flatten()).abs().max() < 1e-4  # unmerged: up to rounding
+    assert got["generate"] == ("SDAR is a block-diffusion model and does not decode left to right: use "
+                               "model.diffusion_generate(...)")
 
 
 # ---------------------------------------------------------------------------------------------- CLI (slow)

@@ -1,10 +1,11 @@
 """Find, check, fingerprint and load a checkpoint: a local directory (the embedded default included) or a hub id.
 
 A PEFT adapter directory (adapter_config.json + adapter_model.safetensors, as LoRA training saves) counts as a
-checkpoint too: its base is its adapter_config.json's base_model_name_or_path (resolved the same way), and
-loading it gives base + adapter merged."""
+checkpoint too: its base is its adapter_config.json's base_model_name_or_path (resolved the same way, a relative
+one against the adapter directory first), and loading it gives base + adapter merged."""
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -87,15 +88,22 @@ def is_adapter(path):
 
 
 def adapter_base(path):
-    """The resolved base checkpoint of an adapter directory; a one-line CheckpointError when it is missing."""
+    """The resolved base checkpoint of an adapter directory; a one-line CheckpointError when it is missing.
+    A relative base (as training records a base that moves with the adapter) is looked up against the adapter
+    directory first, then as any checkpoint_path (the current directory, the toolkit's home, the hub)."""
     file = Path(path) / ADAPTER_CONFIG
     base = _json_object(file).get("base_model_name_or_path")
     if not base:
         raise CheckpointError(f"{file}: no base_model_name_or_path (the base model this adapter applies to)")
+    relative = not Path(str(base)).expanduser().is_absolute()
+    beside = Path(path).absolute() / str(base)
+    if relative and beside.is_dir():
+        base = str(beside)
     try:
         return resolve_checkpoint(base)
     except FileNotFoundError as err:
-        raise CheckpointError(f"{file}: base model not found: {first_line(err)}") from None
+        where = f"; beside the adapter it would be {os.path.realpath(beside)}" if relative else ""
+        raise CheckpointError(f"{file}: base model not found: {first_line(err)}{where}") from None
 
 
 def check_checkpoint(path):

@@ -55,6 +55,17 @@ def eval_rows(paths):
     return rows
 
 
+def exported_base(directory):
+    """The base an exported copy of adapter directory `directory` records: its own, except that a base recorded
+    relative to the adapter (training does so when the base lies in the run's output_dir, to move with it)
+    becomes that folder's absolute path: beside the copy it would name nothing."""
+    base = json.loads((Path(directory) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    beside = Path(directory) / str(base)
+    if base and not Path(str(base)).expanduser().is_absolute() and beside.is_dir():
+        return str(beside.resolve())
+    return base
+
+
 def model_card(directory, eval_paths=()):
     """README.md text for a checkpoint directory."""
     config = _run_config(directory)
@@ -62,7 +73,7 @@ def model_card(directory, eval_paths=()):
     adapter = is_adapter(directory)
     base = model.get("pretrained_model")
     if adapter:
-        base = json.loads((Path(directory) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path", base)
+        base = exported_base(directory) or base
     base_id = _hub_id(base)
     front = ["---", "library_name: " + ("peft" if adapter else "transformers"),
              "tags: [t3d, sdar, block-diffusion, diffusion-language-model]"]
@@ -106,6 +117,11 @@ def export(checkpoint, out, eval_paths=()):
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(*SKIPPED, ".*"))
+    if is_adapter(tmp):
+        config = json.loads((tmp / ADAPTER_CONFIG).read_text())
+        if exported_base(checkpoint) != config.get("base_model_name_or_path"):
+            config["base_model_name_or_path"] = exported_base(checkpoint)
+            atomic_write_text(tmp / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
     make_standalone(tmp)
     atomic_write_text(tmp / "README.md", card)
     tmp.rename(out)

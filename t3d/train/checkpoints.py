@@ -9,9 +9,9 @@ Layout of `{output_dir}/{project}/`:
                                 processes), seconds (compute time of the step, saving excluded)
     ckpt/{name}-step{N}/        weights (safetensors) + tokenizer + config.yaml, loadable by t3d.model.checkpoint.load
     ckpt/{name}/                the final model
-                                (LoRA runs: adapter_config.json naming the base + adapter_model.safetensors +
-                                tokenizer + config.yaml, loadable the same way; merged/ = base + adapter when
-                                model.lora.save_merged)
+                                (LoRA runs: adapter_config.json naming the base (see t3d.train.lora) +
+                                adapter_model.safetensors + tokenizer + config.yaml, loadable the same way;
+                                merged/ = base + adapter when model.lora.save_merged)
     state/step-{N}/             accelerator.save_state: model, optimizer, scheduler, RNG, loop position, plus
                                 manifest.json: the run's fingerprint and every file's size and CRC-32
     previous/{UTC time}/        an earlier run's files, moved aside by a fresh start (never deleted)
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from t3d.train import lora
-from t3d.train.runtime import TrainingError, save_dtype
+from t3d.train.runtime import TrainingError, run_dir, save_dtype
 from t3d.common.errors import first_line
 from t3d.common.config import flatten, save_config
 from t3d.common.io import append_text, atomic_write_json, atomic_write_text
@@ -46,7 +46,8 @@ NOT_TRAINING = ("wandb.", "experiment.project", "experiment.output_dir", "experi
                 "experiment.num_node", "experiment.save_every_steps", "experiment.checkpoints_total_limit",
                 "training.resume_from_checkpoint", "training.gradient_checkpointing_enable", "model.attn_implementation",
                 "training.save_dtype",
-                "model.pretrained_model", "model.optimized_name", "model.lora.save_merged", "dataset.optimization_data")
+                "model.pretrained_model", "model.optimized_name", "model.lora.save_merged", "model.lora.base_name",
+                "dataset.optimization_data")
 RUN_FILES = ("state", "ckpt", "metrics.jsonl", "config.yaml", "wandb_run_id", "wandb")  # what a fresh start moves aside
 
 class LoopState:
@@ -198,7 +199,8 @@ def save_model(accelerator, model, tokenizer, cfg, dest):
             shutil.rmtree(tmp, ignore_errors=True)
             unwrapped = accelerator.unwrap_model(model)
             if lora.is_peft(unwrapped):  # the adapter (+ optionally the merged model, with its own tokenizer)
-                if lora.save_adapter(unwrapped, state, tmp, bool(cfg.model.lora.save_merged)) is not None:
+                base = adapter_base_record(cfg, unwrapped, dest)
+                if lora.save_adapter(unwrapped, state, tmp, bool(cfg.model.lora.save_merged), base) is not None:
                     tokenizer.save_pretrained(tmp / "merged")
             else:
                 unwrapped.save_pretrained(tmp, state_dict=state, safe_serialization=True)
@@ -209,6 +211,13 @@ def save_model(accelerator, model, tokenizer, cfg, dest):
                 make_standalone(directory)
             _publish(tmp, dest)
     accelerator.wait_for_everyone()
+
+
+def adapter_base_record(cfg, model, dest):
+    """The base a LoRA checkpoint at `dest` records: model.lora.base_name verbatim, else the trained adapter's
+    source made relative to `dest` when it lies inside experiment.output_dir (t3d.train.lora.recorded_base)."""
+    source = model.peft_config[lora.TRAINED].base_model_name_or_path
+    return lora.recorded_base(source, dest, None if lora.base_name(cfg) is not None else run_dir(cfg).parent)
 
 
 def _cast_state(state, dtype):

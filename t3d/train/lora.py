@@ -8,9 +8,16 @@ change, so every saved adapter applies to the original `model.pretrained_model` 
 state (which holds both adapters). Unlike merging and restarting, the total update stays of rank r.
 
 Loading an adapter directory (base + adapter, merged) is `t3d.model.checkpoint.load_model`'s job.
+
+What an adapter records as its base (adapter_config.json's base_model_name_or_path): `model.lora.base_name`
+verbatim when set; else the hub id when the base came from the hub; else a local base inside the run's
+`experiment.output_dir` (where the run writes the adapter too, so the two move together) as a path relative to
+the adapter directory; else the base's absolute path. Its task_type is CAUSAL_LM, so that
+peft.AutoPeftModelForCausalLM loads it (docs/lora.md).
 """
 import copy
 import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,19 +53,54 @@ def lora_config(cfg):
         raise ConfigError(f"model.lora.target_modules lists a module twice: {targets}")
     if not isinstance(spec.get("save_merged", False), bool):
         raise ConfigError(f"model.lora.save_merged must be true or false, got {spec.save_merged!r}")
+    base_name(cfg)
     from peft import LoraConfig
 
-    # no task_type: SDAR is not a transformers GenerationMixin (decoding is t3d.decode.decoder's), so the plain
-    # PeftModel, whose forward passes every keyword (head_fn, logits_to_keep, ...) to the model
+    # No task_type while training: get_peft_model then builds the plain PeftModel, whose forward hands the
+    # trainer's call (head_fn, logits_to_keep, position_ids, ...) to SDAR exactly as made. PeftModelForCausalLM's
+    # forward re-spells it with its own keywords (labels, inputs_embeds, output_attentions, return_dict: None)
+    # and would be one more code path under the trainers. Saved adapters say CAUSAL_LM (save_adapter).
     return LoraConfig(r=r, lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=targets, bias="none")
 
 
-def base_source(spec, resolved):
-    """What an adapter records as its base: the hub id when the model came from the hub (so the adapter loads
-    on another machine), else the resolved absolute directory."""
+def base_name(cfg):
+    """`model.lora.base_name`: None, or what adapters record as their base instead (a hub id or a path, written
+    verbatim); a one-line ConfigError for anything but a non-empty single-line string."""
+    name = (cfg.model.get("lora") or {}).get("base_name")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or not name.isprintable():
+        raise ConfigError("model.lora.base_name must be null (record the base the run loads) or the hub id or path "
+                          f"adapters record as their base, e.g. 'JetLM/SDAR-4B-Chat'; got {name!r}")
+    return name
+
+
+def base_source(spec, resolved, name=None):
+    """What an adapter records as its base before `recorded_base` places it: `name` (model.lora.base_name)
+    verbatim when given; the hub id when the model came from the hub (so the adapter loads on another machine);
+    else the resolved absolute directory."""
+    if name is not None:
+        return name
     raw = str(spec)
     local = any(p.is_dir() for p in (Path(raw).expanduser(), HOME / raw)) if spec not in (None, "") else True
     return str(resolved) if local else raw
+
+
+def recorded_base(source, directory, tree):
+    """The base `directory`'s adapter_config.json records, from `source` (base_source's answer): an absolute local
+    base that lies inside `tree` (a run's experiment.output_dir, which holds the adapter directory too) as a path
+    relative to `directory`, so that moving or copying the tree keeps the two together; anything else (a hub id,
+    a base outside the tree, any source when `tree` is None, as for model.lora.base_name) unchanged.
+    `directory` need not exist yet; symbolic links are resolved on both sides."""
+    base = Path(str(source))
+    if tree is None or not base.is_absolute() or not base.is_dir():
+        return source
+    tree, base = Path(tree).resolve(), base.resolve()
+    directory = Path(directory).absolute()
+    directory = directory.parent.resolve() / directory.name
+    if not (base.is_relative_to(tree) and directory.is_relative_to(tree)):
+        return source
+    return os.path.relpath(base, directory)
 
 
 def add_adapters(model, config, source, snapshot=False, bf16_base=False):
@@ -127,13 +169,23 @@ class AdapterReference:
                 p.copy_(params[name.replace(f".{SNAPSHOT}.", f".{TRAINED}.")])
 
 
-def save_adapter(model, state, directory, merged):
-    """The trained adapter (adapter_config.json with its base, adapter_model.safetensors) into `directory`; with
+def save_adapter(model, state, directory, merged, base=None):
+    """The trained adapter (adapter_config.json with its base and task_type CAUSAL_LM, adapter_model.safetensors)
+    into `directory`; `base`: the base it records (default: add_adapters' source; see recorded_base). With
     `merged`, base + adapter merged as a full model under directory/merged (built from a copy: the training
     model is untouched, so a resumed run stays bit-identical)."""
-    # save_embedding_layers=False: adapters never touch the embeddings (TARGETS), so PEFT need not inspect the base
-    model.save_pretrained(directory, state_dict=state, selected_adapters=[TRAINED], safe_serialization=True,
-                          save_embedding_layers=False)
+    config = model.peft_config[TRAINED]
+    kept = config.task_type, config.base_model_name_or_path
+    # CAUSAL_LM only in the file (PEFT then writes no auto_mapping naming t3d's module): AutoPeftModelForCausalLM
+    # and PeftModel.from_pretrained build a PeftModelForCausalLM from it; the training model stays a plain PeftModel
+    config.task_type = "CAUSAL_LM"
+    config.base_model_name_or_path = kept[1] if base is None else str(base)
+    try:
+        # save_embedding_layers=False: adapters never touch the embeddings (TARGETS), so PEFT need not inspect it
+        model.save_pretrained(directory, state_dict=state, selected_adapters=[TRAINED], safe_serialization=True,
+                              save_embedding_layers=False)
+    finally:
+        config.task_type, config.base_model_name_or_path = kept
     if merged:
         full = copy.deepcopy(model).merge_and_unload(adapter_names=[TRAINED])
         full.save_pretrained(Path(directory) / "merged", safe_serialization=True)

@@ -86,8 +86,8 @@ def training_models(cfg, path):
         return model, ref, None
     model = load_model(path, "bf16" if bf16 else "fp32", "cpu", requested, training=True).train()
     # the reference is this model without its adapters: no second copy of the weights
-    model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
-                              snapshot=bool(tr.multi_round), bf16_base=bf16)
+    base = lora.base_source(cfg.model.pretrained_model, path, lora.base_name(cfg))
+    model = lora.add_adapters(model, adapters, base, snapshot=bool(tr.multi_round), bf16_base=bf16)
     ref = lora.AdapterReference(model, bool(tr.multi_round), int(tr.round_interval))
     main_print(lora.describe(model) + "; the reference is this model without them")
     return model, ref, adapters

@@ -76,8 +76,8 @@ def run_sft_job(cfg):
     if adapters is not None:
         if zero_stage(accelerator) == 3:
             raise ConfigError("model.lora is not supported under DeepSpeed ZeRO-3 (use DDP or ZeRO-1/2)")
-        model = lora.add_adapters(model, adapters, lora.base_source(cfg.model.pretrained_model, path),
-                                  bf16_base=str(tr.mixed_precision) == "bf16")
+        base = lora.base_source(cfg.model.pretrained_model, path, lora.base_name(cfg))
+        model = lora.add_adapters(model, adapters, base, bf16_base=str(tr.mixed_precision) == "bf16")
         accelerator.print(lora.describe(model))
     if tr.gradient_checkpointing_enable:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -400,6 +400,10 @@ class SDARModel(SDARPreTrainedModel):
         )
 
 
+NO_GENERATE = ("SDAR is a block-diffusion model and does not decode left to right: use "
+               "model.diffusion_generate(...)")
+
+
 class SDARForCausalLM(SDARPreTrainedModel):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # dict: the form both 4.57 and 5.x read
 
@@ -438,9 +442,21 @@ class SDARForCausalLM(SDARPreTrainedModel):
             raise ImportError("diffusion_generate decodes with the t3d toolkit's decoder: pip install t3d") from None
         return generation.diffusion_generate(self, inputs, **settings)
 
+    # transformers' left-to-right decoding does not apply: SDAR is no GenerationMixin, and generate and
+    # prepare_inputs_for_generation both raise one line pointing at diffusion_generate. The second one exists for
+    # PEFT: PeftModelForCausalLM (task_type CAUSAL_LM adapters, AutoPeftModelForCausalLM) keeps a reference to it.
+    # can_generate answers False itself: PreTrainedModel's version would find prepare_inputs_for_generation and
+    # warn that the model "has generative capabilities"; so no generation_config is made or saved, also for the
+    # class trust_remote_code loads (transformers appends GenerationMixin after it, whose methods these override).
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
     def generate(self, *args, **kwargs):
-        raise NotImplementedError("SDAR is a block-diffusion model and does not decode left to right: use "
-                                  "model.diffusion_generate(...)")
+        raise NotImplementedError(NO_GENERATE)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        raise NotImplementedError(NO_GENERATE)
 
     def forward(
         self,
