@@ -78,3 +78,15 @@ def test_the_viewer_reads_eval_items(tokenizer, tmp_path):
     page = Page()
     page.feed(render_html(trajectory, tokenizer))
     assert page.steps == row["step_map"]
+
+
+def test_newline_tokens_show_as_marks_in_both_views(tokenizer):
+    """A raw newline in a token was drawn as nothing in the HTML page and broke its block's box over lines (seen in
+    a browser: tests/test_view_browser.py); both views show it as ⏎, a carriage return as ␍."""
+    ids = tokenizer.encode("a.\nb\r\n", add_special_tokens=False)
+    trajectory = {"prompt": "", "response_ids": ids, "step_map": list(range(1, len(ids) + 1)), "block_size": 4,
+                  "source": "lines"}
+    body = render_html(trajectory, tokenizer).split('<div id="response">')[1].split("</div>")[0]
+    assert "\n" not in body and "\r" not in body and body.count("⏎") == 2 and body.count("␍") == 1
+    terminal = render_terminal(trajectory, tokenizer).split("\n", 2)[2]
+    assert "\n" not in terminal and "\r" not in terminal and terminal.count("⏎") == 2 and terminal.count("␍") == 1

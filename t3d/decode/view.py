@@ -6,7 +6,8 @@
 Reads a rollout file (one item per question, a list per replica) or an eval `items.jsonl` (one line per
 response). Every token is coloured by when its block unmasked it (first step of the block: blue, last: red);
 `|` marks block boundaries, which sit at absolute positions, so the response's first block also holds the
-end of the prompt. The HTML page adds a slider that replays the decode step by step.
+end of the prompt; a newline token shows as ⏎ (a carriage return as ␍), so every token stays visible and each
+block on one line. The HTML page adds a slider that replays the decode step by step.
 """
 import argparse
 import html
@@ -61,12 +62,18 @@ def segments(trajectory, tokenizer):
     return out
 
 
+def shown(text):
+    """A token's text as both views show it: line breaks as visible marks. A raw newline would be an invisible
+    token, and in the HTML page it breaks its block's box over two lines."""
+    return text.replace("\r", "␍").replace("\n", "⏎")
+
+
 def render_terminal(trajectory, tokenizer):
     parts = []
     for _, tokens in segments(trajectory, tokenizer):
         for text, _, shade in tokens:
             colour = PALETTE[round(shade * (len(PALETTE) - 1))]
-            parts.append(f"\x1b[38;5;{colour}m{text.replace(chr(10), '⏎')}\x1b[0m")
+            parts.append(f"\x1b[38;5;{colour}m{shown(text)}\x1b[0m")
         parts.append("\x1b[2m|\x1b[0m")
     legend = " ".join(f"\x1b[38;5;{c}m■\x1b[0m" for c in PALETTE[::4])
     return f"{trajectory['source']}\nfirst {legend} last step of its block\n" + "".join(parts)
@@ -81,7 +88,8 @@ body {{ font-family: monospace; margin: 2em; }}
 .masked {{ color: #bbb !important; background: #eee; }}
 </style></head><body>
 <h1>{title}</h1>
-<p>Colour: when the token's block unmasked it (blue first, red last). Step <span id="now">{last}</span> of {last}.</p>
+<p>Colour: when the token's block unmasked it (blue first, red last); ⏎ is a newline.
+Step <span id="now">{last}</span> of {last}.</p>
 <input id="step" type="range" min="0" max="{last}" value="{last}" aria-label="decoding step">
 <div id="response">{blocks}</div>
 <script>
@@ -103,7 +111,7 @@ def render_html(trajectory, tokenizer):
     for index, tokens in segments(trajectory, tokenizer):
         spans = "".join(
             f'<span class="tok" data-step="{step}" title="step {step}" '
-            f'style="color: hsl({round(240 * (1 - shade))}, 80%, 40%)">{html.escape(text) or "&#8203;"}</span>'
+            f'style="color: hsl({round(240 * (1 - shade))}, 80%, 40%)">{html.escape(shown(text)) or "&#8203;"}</span>'
             for text, step, shade in tokens)
         blocks.append(f'<span class="block" data-block="{index}">{spans}</span>')
     return PAGE.format(title=html.escape(trajectory["source"]), last=last, blocks="".join(blocks))
