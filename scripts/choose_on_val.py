@@ -106,6 +106,8 @@ def plot_curves(cands, base, out_dir, block_size, runs, families):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from t3d.common.io import atomic_save_figure
+
     colors = dict(zip(families, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     styles = {}
     settings = [f"S={block_size}", "S=2", "S=1"]
@@ -122,7 +124,7 @@ def plot_curves(cands, base, out_dir, block_size, runs, families):
         ax.set_ylabel("%")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "curves_val.png", dpi=110)
+    atomic_save_figure(fig, out_dir / "curves_val.png", dpi=110)
     plt.close(fig)
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
@@ -136,7 +138,7 @@ def plot_curves(cands, base, out_dir, block_size, runs, families):
         ax.set_xlabel("optimizer step")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "curves_train.png", dpi=110)
+    atomic_save_figure(fig, out_dir / "curves_train.png", dpi=110)
     plt.close(fig)
 
 

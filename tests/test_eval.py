@@ -371,3 +371,8 @@ def test_plot_with_many_methods_moves_the_legend_beside_the_axes(tmp_path):
         return struct.unpack(">I", path.read_bytes()[16:20])[0]  # PNG IHDR width
 
     assert width(4) == 7.5 * 150 and width(5) == 11.5 * 150
+    # written like every other output: the umask's mode (not mkstemp's 0600), no temp file left beside it
+    from t3d.common.io import FILE_MODE
+
+    assert (tmp_path / "4.png").stat().st_mode & 0o777 == FILE_MODE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4.png", "5.png"]

@@ -40,6 +40,23 @@ def atomic_write_text(path, text):
     return path
 
 
+def atomic_save_figure(fig, path, **savefig_kwargs):
+    """A matplotlib figure saved as PNG the same way: temp file, the umask's mode, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        _name_file(err, path)
+        raise
+    return path
+
+
 def atomic_write_json(path, obj, indent=2):
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 

@@ -14,15 +14,14 @@ import gc
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from t3d.common.io import (DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_dir,
-                           move_aside)
+from t3d.common.io import (DataError, atomic_save_figure, atomic_write_json, atomic_write_jsonl, atomic_write_text,
+                           check_output_dir, move_aside)
 from t3d.decode.rollout import (Partials, data_digest, input_fingerprint, item_error, main_process_locks, make_state,
                                 prepare_prompts, rollout, setup, summarize)
 from t3d.eval import sandbox
@@ -229,16 +228,7 @@ def plot_sweep(rows, path, title, scores=()):
     else:
         ax.legend(title="method", fontsize=9, title_fontsize=9, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic_save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------- runs
