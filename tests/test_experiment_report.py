@@ -214,3 +214,33 @@ def test_curve_steps_checkpoint_step_and_extra_splits(tmp_path):
     exp_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     with pytest.raises(rx.ExperimentError, match="extra_splits: no file .*synthetic_chain_nowhere.json"):
         rx.Experiment(rx.parse_args(["--experiment", str(exp_file)]))
+
+
+def test_choose_on_val_rule_by_hand():
+    """Per family (name up to _lr): the highest AUP of the better decoder among candidates within 1 point of the
+    base at S=B; none within: the best S=B accuracy. Step checkpoints are epochs (32 steps per epoch here)."""
+    import choose_on_val as cv
+
+    def group(full, aup, aup_dyn=None):
+        g = {"by_setting": {"S=8": {"accuracy_mean": full}}, "aup_mean": aup}
+        return g, ({"aup_mean": aup_dyn} if aup_dyn is not None else None)
+
+    entries = {"base": group(0.545, 50.0, 150.0),
+               "t3d_lr1e-3_step32": group(0.540, 60.0, 170.0),   # 0.5 below the base: kept, best dynamic AUP
+               "t3d_lr1e-3": group(0.530, 70.0, 190.0),          # 1.5 below: not kept despite the best AUP
+               "t3d_lr3e-4_step64": group(0.560, 80.0, 60.0),    # kept; its better decoder is static: 80
+               "naive_lr1e-3": group(0.500, 90.0),               # no candidate of naive keeps S=B:
+               "naive_lr3e-4_step32": group(0.520, 10.0)}        # the best S=B accuracy instead
+    summary = {}
+    for name, (g, dyn) in entries.items():
+        summary[name] = g
+        if dyn:
+            summary[name + rx.DYNAMIC] = dyn
+    cands = cv.candidates(summary, 0.545, 8, [32, 64], 3)
+    assert cands[("t3d", "lr1e-3", 1)]["kept"] and not cands[("t3d", "lr1e-3", 3)]["kept"]
+    assert cands[("t3d", "lr3e-4", 2)]["decoder"] == "static" and cands[("t3d", "lr3e-4", 2)]["score"] == 80.0
+    chosen = cv.choose(cands)
+    assert (chosen["t3d"]["lr"], chosen["t3d"]["epoch"], chosen["t3d"]["score"]) == ("lr1e-3", 1, 170.0)
+    assert (chosen["naive"]["lr"], chosen["naive"]["epoch"], chosen["naive"]["kept_full_step"]) == ("lr3e-4", 1, False)
+    assert cv.candidate_of("path_only_lr3e-4_step64_dynamic", [32, 64], 32, 3) == ("path_only", "lr3e-4", 2)
+    assert cv.candidate_of("base", [32], 32, 3) is None
