@@ -278,17 +278,31 @@ def _check_safetensors(file):
     return {k: t for k, t in header.items() if k != "__metadata__"}
 
 
+def local_dir(raw):
+    """The local directory a checkpoint spec names: as given, else relative to the toolkit's home (the checkout);
+    None when neither exists."""
+    raw = str(raw)
+    return next((c for c in (Path(raw).expanduser(), HOME / raw) if c.is_dir()), None)
+
+
+def hub_id(raw):
+    """`raw` when it can only name a hub repository (owner/name, and no local directory of that name), else None."""
+    raw = str(raw or "")
+    shaped = raw.count("/") == 1 and not raw.startswith(("/", ".", "~"))
+    return raw if shaped and local_dir(raw) is None else None
+
+
 def resolve_checkpoint(path_or_id):
     """Local path (as given, else relative to the toolkit's home (the checkout)) or a hub repo id fetched with huggingface_hub."""
     if path_or_id is None or str(path_or_id).strip() in ("", "null", "None"):
         return str(DEFAULT_MODEL)
     raw = str(path_or_id)
-    for candidate in (Path(raw).expanduser(), HOME / raw):
-        if candidate.is_dir():
-            if not (candidate / "config.json").is_file() and not is_adapter(candidate):
-                raise FileNotFoundError(f"checkpoint directory {candidate} has no config.json (nor {ADAPTER_CONFIG})")
-            return str(candidate.resolve())
-    if raw.startswith(("/", ".", "~")) or raw.count("/") != 1:
+    candidate = local_dir(raw)
+    if candidate is not None:
+        if not (candidate / "config.json").is_file() and not is_adapter(candidate):
+            raise FileNotFoundError(f"checkpoint directory {candidate} has no config.json (nor {ADAPTER_CONFIG})")
+        return str(candidate.resolve())
+    if hub_id(raw) is None:
         raise FileNotFoundError(f"checkpoint_path '{raw}': no such directory (and not a hub id like 'JetLM/SDAR-4B-Chat')")
     from huggingface_hub import snapshot_download
 

@@ -15,19 +15,13 @@ from pathlib import Path
 
 from t3d.common.errors import DataError, error_line
 from t3d.common.io import atomic_write_text
-from t3d.model.checkpoint import ADAPTER_CONFIG, check_checkpoint, is_adapter
+from t3d.model.checkpoint import ADAPTER_CONFIG, check_checkpoint, hub_id, is_adapter
 from t3d.model.export import make_standalone
 
 SKIPPED = ("config.yaml", "README.md")  # the run's own config is summarised in the card, not shipped as is
 TRAINING_KEYS = ("num_train_epochs", "batch_size_lm", "gradient_accumulation_steps", "mixed_precision", "beta",
                  "alpha", "lambda_ddo", "lambda_path", "path_k_steps", "mask_strategy", "multi_round",
                  "round_interval", "block_size", "seed")
-
-
-def _hub_id(spec):
-    """A hub id as given (owner/name, not an existing local folder), else None."""
-    spec = str(spec or "")
-    return spec if spec.count("/") == 1 and not Path(spec).exists() and not spec.startswith((".", "/", "~")) else None
 
 
 def _run_config(directory):
@@ -74,7 +68,7 @@ def model_card(directory, eval_paths=()):
     base = model.get("pretrained_model")
     if adapter:
         base = exported_base(directory) or base
-    base_id = _hub_id(base)
+    base_id = hub_id(base)
     front = ["---", "library_name: " + ("peft" if adapter else "transformers"),
              "tags: [t3d, sdar, block-diffusion, diffusion-language-model]"]
     if base_id:

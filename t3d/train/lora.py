@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from t3d.common.config import ConfigError
-from t3d.common.paths import HOME
+from t3d.model.checkpoint import local_dir
 
 # The linear layers of an SDAR decoder layer. lm_head is not among them: the chunked head
 # (t3d.train.token_logprobs) multiplies by lm_head.weight itself, so an adapter there would be skipped.
@@ -81,9 +81,8 @@ def base_source(spec, resolved, name=None):
     else the resolved absolute directory."""
     if name is not None:
         return name
-    raw = str(spec)
-    local = any(p.is_dir() for p in (Path(raw).expanduser(), HOME / raw)) if spec not in (None, "") else True
-    return str(resolved) if local else raw
+    local = spec in (None, "") or local_dir(spec) is not None
+    return str(resolved) if local else str(spec)
 
 
 def recorded_base(source, directory, tree):
