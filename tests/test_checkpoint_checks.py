@@ -156,3 +156,17 @@ def test_command_line_refuses_in_one_line_with_exit_2(ckpt, tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("self_ddo_sdar_full.py: error: ") and str(ckpt) in last
     assert "tensor model.layers.4." in last and "num_hidden_layers=6, the weights hold 4 layers" in last
+
+
+def test_hub_id_and_local_dir_rule(tmp_path, monkeypatch):
+    """One rule for every caller: a spec is a local directory (as given, else under the toolkit's home) when one
+    exists, else a hub id when shaped owner/name (not starting with / . ~), else neither."""
+    from t3d.model.checkpoint import HOME, hub_id, local_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert hub_id("JetLM/SDAR-4B-Chat") == "JetLM/SDAR-4B-Chat" and local_dir("JetLM/SDAR-4B-Chat") is None
+    assert local_dir("models/sdar-tiny") == HOME / "models/sdar-tiny" and hub_id("models/sdar-tiny") is None
+    (tmp_path / "owner" / "name").mkdir(parents=True)  # a local folder shaped like an id wins
+    assert local_dir("owner/name").resolve() == tmp_path / "owner" / "name" and hub_id("owner/name") is None
+    for spec in ("./a/b", "/a/b", "~/b", "a", "a/b/c", "", None):
+        assert hub_id(spec) is None
