@@ -231,3 +231,16 @@ def test_two_process_accelerate_rollout_equals_one_process(tmp_path):
         assert summary["processes"] == (1 if name == "one" else 2)
         outs.append(Path(res.stdout.strip().splitlines()[-1].removeprefix("wrote ")).read_text())
     assert outs[0] == outs[1]
+
+
+def test_each_prompt_is_encoded_once(tmp_path, tiny_dir, monkeypatch):
+    """The preflight (before any output exists) and the decode share one encoding of the prompts."""
+    import t3d.decode.rollout as ro
+
+    calls = []
+    real = ro.encode_prompt
+    monkeypatch.setattr(ro, "encode_prompt", lambda tok, text: calls.append(text) or real(tok, text))
+    data = write(tmp_path / "toy.json", QUESTIONS)
+    items = json.loads(run_rollout_job(rollout_cfg(tmp_path, tiny_dir, data)).read_text())
+    assert len(calls) == len(QUESTIONS) == len(set(calls))
+    assert [it["prompt"] for it in items] == calls

@@ -218,7 +218,7 @@ def prepare_prompts(items, tokenizer, settings: RolloutSettings, data_type, max_
 
 
 def rollout(model, tokenizer, items, settings: RolloutSettings, *, data_type, stop_ids=(), state=None,
-            partials: Partials | None = None, index_offset=0, progress=True):
+            partials: Partials | None = None, index_offset=0, progress=True, prepared=None):
     """Decode `settings.num_responses` replicas of every item. Returns (results, stats) on the main process.
 
     results: the input items, each extended with prompt, full_output, response_ids, step_map,
@@ -226,7 +226,8 @@ def rollout(model, tokenizer, items, settings: RolloutSettings, *, data_type, st
     decoded keeps its fields plus `error`, and the others are unaffected. Other processes get (None, stats).
     `index_offset` is the position of items[0] in the whole dataset (node sharding): sequence seeds
     derive from global indices, so shards merged equal one run. With `partials`, finished sequences go to
-    `<prefix>.partial.rank<i>.jsonl` and a rerun reuses them only if every input is unchanged.
+    `<prefix>.partial.rank<i>.jsonl` and a rerun reuses them only if every input is unchanged. `prepared`:
+    prepare_prompts' answer for these items and settings when the caller has it already (not encoded twice).
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -234,8 +235,8 @@ def rollout(model, tokenizer, items, settings: RolloutSettings, *, data_type, st
 
     state = state or PartialState()
     decode_cfg, num_responses = settings.decode, settings.num_responses
-    prompts, errors = prepare_prompts(items, tokenizer, settings, data_type,
-                                      getattr(model.config, "max_position_embeddings", None))
+    prompts, errors = prepared or prepare_prompts(items, tokenizer, settings, data_type,
+                                                  getattr(model.config, "max_position_embeddings", None))
     done, partial_file = {}, None
     if partials is not None:
         done, partial_file = _open_partials(partials, state)
@@ -473,7 +474,8 @@ def run_rollout(job: RolloutJob):
     config = check_checkpoint(ckpt)  # before the accelerate state exists
     tokenizer = load_tokenizer(ckpt)
     # before any output folder or lock exists: a job that cannot decode anything leaves nothing behind
-    prepare_prompts(items, tokenizer, job.rollout, job.dataset.data_type, config.get("max_position_embeddings"))
+    prepared = prepare_prompts(items, tokenizer, job.rollout, job.dataset.data_type,
+                               config.get("max_position_embeddings"))
     state = make_state()
     stop_ids = stop_ids_for(tokenizer, job.rollout)
     inputs = input_fingerprint(content_fingerprint(ckpt), tokenizer, items, job.rollout, data_type=job.dataset.data_type,
@@ -488,7 +490,8 @@ def run_rollout(job: RolloutJob):
         model, tokenizer, stop_ids = setup(ckpt, job.rollout, state)
         partials = Partials(out_path, inputs, job.restart, ckpt, data_file)
         results, stats = rollout(model, tokenizer, items, job.rollout, data_type=job.dataset.data_type,
-                                 stop_ids=stop_ids, state=state, partials=partials, index_offset=offset)
+                                 stop_ids=stop_ids, state=state, partials=partials, index_offset=offset,
+                                 prepared=prepared)
         if not state.is_main_process:
             return None
         if not job.keep_step_maps:
