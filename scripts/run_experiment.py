@@ -405,7 +405,7 @@ class Experiment:
         ood_rows, n_ood = self.rows("ood") if ood else ([], 0)
         summary = summarize(rows, ood_rows, self.steps, self.B, self.labels)
         comparisons, intervals = bootstrap_comparisons(rows, summary, self.pairs(summary))
-        ref = e.get("reference_method") or "t3d"
+        ref = self.references()[0] if self.references() else "t3d"
         if e["goal"] == "aup":
             goal = goal_check(summary, ref, baselines=e["baselines"], intervals=intervals)
             variants = {m: goal_check(summary, m, baselines=e["baselines"], intervals=intervals) for m in summary
@@ -474,17 +474,23 @@ class Experiment:
         atomic_write_text(results / "commands.sh", self.commands(history))
         print((results / "table.md").read_text())
 
+    def references(self):
+        """reference_method: one method or a list; the first is the one the goal is checked for."""
+        ref = self.exp.get("reference_method")
+        return [ref] if isinstance(ref, str) else list(ref or [])
+
     def pairs(self, summary):
         """(A, B) pairs of summary groups to compare on the items: every method against the base (with the same
-        decoder), and the reference method against every other method."""
-        ref = self.exp.get("reference_method")
+        decoder), and each reference method against every other method (each pair once)."""
         out = []
         for suffix in ("", DYNAMIC):
             names = [n for n in summary if n.endswith(DYNAMIC) == bool(suffix)]
             base = "base" + suffix
             out += [(n, base) for n in names if n != base]
-            if ref and ref + suffix in summary:
-                out += [(ref + suffix, n) for n in names if n not in (base, ref + suffix)]
+            for ref in self.references():
+                if ref + suffix in summary:
+                    out += [(ref + suffix, n) for n in names if n not in (base, ref + suffix)
+                            and (n, ref + suffix) not in out]
         return out
 
     def commands(self, history):

@@ -244,3 +244,19 @@ def test_choose_on_val_rule_by_hand():
     assert (chosen["naive"]["lr"], chosen["naive"]["epoch"], chosen["naive"]["kept_full_step"]) == ("lr3e-4", 1, False)
     assert cv.candidate_of("path_only_lr3e-4_step64_dynamic", [32, 64], 32, 3) == ("path_only", "lr3e-4", 2)
     assert cv.candidate_of("base", [32], 32, 3) is None
+
+
+def test_several_reference_methods_each_pair_once(tmp_path):
+    """reference_method may list methods: each is compared with every other method (a pair once), the goal is
+    checked for the first."""
+    spec = rx.load_experiment(ROOT / "configs/experiments/study_chain_v3.yaml")
+    spec.update(out=str(tmp_path / "out"))
+    exp_file = tmp_path / "e.yaml"
+    exp_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    exp = rx.Experiment(rx.parse_args(["--experiment", str(exp_file)]))
+    assert exp.references() == ["t3d_lr1e-3", "t3d_sum_lr3e-4"]
+    summary = dict.fromkeys(["base", "t3d_lr1e-3", "t3d_sum_lr3e-4", "naive_lr3e-4"])
+    pairs = exp.pairs(summary)
+    assert pairs == [("t3d_lr1e-3", "base"), ("t3d_sum_lr3e-4", "base"), ("naive_lr3e-4", "base"),
+                     ("t3d_lr1e-3", "t3d_sum_lr3e-4"), ("t3d_lr1e-3", "naive_lr3e-4"),
+                     ("t3d_sum_lr3e-4", "naive_lr3e-4")]
