@@ -90,3 +90,29 @@ def test_fp32_load_matches_bf16_weights(ckpt, loaded_bf16):
     assert {p.dtype for p in model32.parameters()} == {torch.float32}
     for p, q in zip(model32.parameters(), loaded_bf16[0].parameters()):
         assert torch.equal(p.to(torch.bfloat16), q)
+
+
+def test_saved_checkpoint_tokenizer_loads_without_the_false_mistral_warning(ckpt, tmp_path):
+    """transformers 4.57.3+ flags any local tokenizer whose config.json was written by those versions as Mistral's
+    "incorrect regex pattern"; load_tokenizer loads SDAR's without that false warning, tokenizes exactly as the
+    release does, and does not write the flag into what it saves."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.release_checkpoint import require_release
+
+    for f in ckpt.iterdir():  # the checkpoint without its weights
+        if f.is_file() and "safetensors" not in f.name:
+            shutil.copy(f, tmp_path / f.name)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, transformers_version="4.57.6")))
+    code = ("import sys; from t3d.model.checkpoint import load_tokenizer; from transformers import AutoTokenizer; "
+            "t = load_tokenizer(sys.argv[1]); r = AutoTokenizer.from_pretrained(sys.argv[2]); "
+            "text = 'Compute 12+30, then \u00e9t\u00e9 <|im_end|>\\n'; assert t(text).input_ids == r(text).input_ids; "
+            "t.save_pretrained(sys.argv[3]); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(require_release()), str(tmp_path / "saved")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert "incorrect regex pattern" not in out.stderr
+    assert "fix_mistral_regex" not in (tmp_path / "saved" / "tokenizer_config.json").read_text()

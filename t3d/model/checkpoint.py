@@ -329,7 +329,11 @@ def load_tokenizer(path):
 
     path = tokenizer_dir(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # fix_mistral_regex=False: transformers 4.57.3+ (before 5.0) warns that the tokenizer of any local checkpoint
+        # saved by those versions has Mistral's "incorrect regex pattern"; SDAR's Qwen tokenizer is no Mistral one
+        # (its tokenization is checked identical), so the warning is false here. Not kept in what is saved.
+        tokenizer = AutoTokenizer.from_pretrained(path, fix_mistral_regex=False)
+        tokenizer.init_kwargs.pop("fix_mistral_regex", None)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{path}: cannot load the tokenizer ({first_line(err)})") from None
     if tokenizer.mask_token_id is None:
