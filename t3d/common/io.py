@@ -5,6 +5,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from t3d.common.errors import DataError, ExpectedError  # noqa: F401  (DataError: imported from here by callers)
@@ -21,40 +22,39 @@ def _name_file(err, path):
         err.filename = str(path)
 
 
-def atomic_write_text(path, text):
+@contextmanager
+def _atomic_temp(path, suffix=".tmp"):
+    """A temp file beside `path` for the caller to write; then it gets the umask's mode (mkstemp makes 0600;
+    outputs follow the umask like open() would) and replaces `path`. On any failure it is removed and the error
+    names `path`: no half-written output is ever left."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as err:  # a file where a directory of the path should be
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), err.filename) from None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; outputs follow the umask like open() would
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        _name_file(err, path)
-        raise
-    return path
-
-
-def atomic_save_figure(fig, path, **savefig_kwargs):
-    """A matplotlib figure saved as PNG the same way: temp file, the umask's mode, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png", **savefig_kwargs)
+        yield tmp
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         _name_file(err, path)
         raise
-    return path
+
+
+def atomic_write_text(path, text):
+    with _atomic_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_save_figure(fig, path, **savefig_kwargs):
+    """A matplotlib figure saved as PNG the same way: temp file, the umask's mode, then rename."""
+    with _atomic_temp(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+    return Path(path)
 
 
 def atomic_write_json(path, obj, indent=2):
