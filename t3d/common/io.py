@@ -24,18 +24,17 @@ def _name_file(err, path):
 
 @contextmanager
 def _atomic_temp(path, suffix=".tmp"):
-    """A temp file beside `path` for the caller to write; then it gets the umask's mode (mkstemp makes 0600;
-    outputs follow the umask like open() would) and replaces `path`. On any failure it is removed and the error
-    names `path`: no half-written output is ever left."""
+    """(fd, name) of a temp file beside `path` for the caller to write (and close the fd); then it gets the umask's
+    mode (mkstemp makes 0600; outputs follow the umask like open() would) and replaces `path`. On any failure it is
+    removed and the error names `path`: no half-written output is ever left."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as err:  # a file where a directory of the path should be
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), err.filename) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
     try:
-        yield tmp
+        yield fd, tmp
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as err:
@@ -45,14 +44,15 @@ def _atomic_temp(path, suffix=".tmp"):
 
 
 def atomic_write_text(path, text):
-    with _atomic_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with _atomic_temp(path) as (fd, _), os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(path)
 
 
 def atomic_save_figure(fig, path, **savefig_kwargs):
     """A matplotlib figure saved as PNG the same way: temp file, the umask's mode, then rename."""
-    with _atomic_temp(path, suffix=".png") as tmp:
+    with _atomic_temp(path, suffix=".png") as (fd, tmp):
+        os.close(fd)
         fig.savefig(tmp, format="png", **savefig_kwargs)
     return Path(path)
 
