@@ -338,17 +338,21 @@ class Experiment:
         split, ckpts = self.exp["split"], self.checkpoints()
         labels, n = list(ckpts), max(1, int(self.exp["jobs"]))
         parts = [labels[i::n] for i in range(min(n, len(labels)))]
-        jobs = []
+        jobs, thresholds = [], self.chosen_thresholds()
         for name in self.report_splits():
             jobs += [self.eval_job(f"eval_{name}_static{i}", {k: ckpts[k] for k in part}, name, self.steps)
                      for i, part in enumerate(parts)]
-            if self.chosen_thresholds():
+            if thresholds:
                 jobs += [self.eval_job(f"eval_{name}_dynamic{i}", {k: ckpts[k] for k in part}, name,
-                                       thresholds=self.chosen_thresholds()) for i, part in enumerate(parts)]
-        if split == "test" and self.split_file["ood"].exists():
+                                       thresholds=thresholds) for i, part in enumerate(parts)]
+        if self.with_ood():
             jobs += [self.eval_job(f"eval_ood_full{i}", {k: ckpts[k] for k in part}, "ood", [self.B])
                      for i, part in enumerate(parts)]
         return jobs
+
+    def with_ood(self):
+        """A test evaluation also scores S = B on the task's shifted split, when the task has one."""
+        return self.exp["split"] == "test" and self.split_file["ood"].exists()
 
     def report_splits(self):
         """The evaluation split, then (when it is test) the experiment's extra splits, e.g. a fresh draw of the
@@ -405,7 +409,7 @@ class Experiment:
         ood_rows, n_ood = self.rows("ood") if ood else ([], 0)
         summary = summarize(rows, ood_rows, self.steps, self.B, self.labels)
         comparisons, intervals = bootstrap_comparisons(rows, summary, self.pairs(summary))
-        ref = self.references()[0] if self.references() else "t3d"
+        ref = (self.references() or ["t3d"])[0]
         if e["goal"] == "aup":
             goal = goal_check(summary, ref, baselines=e["baselines"], intervals=intervals)
             variants = {m: goal_check(summary, m, baselines=e["baselines"], intervals=intervals) for m in summary
@@ -428,7 +432,7 @@ class Experiment:
         from t3d.eval.evaluate import plot_sweep
 
         e, split = self.exp, self.exp["split"]
-        reports = {name: self.split_report(name, ood=(name == "test" and self.split_file["ood"].exists()))
+        reports = {name: self.split_report(name, ood=(name == split and self.with_ood()))
                    for name in self.report_splits()}
         main = reports[split]
         history = self.history()
