@@ -17,7 +17,6 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 
 import run_experiment as rx
 
@@ -26,7 +25,12 @@ TOLERANCE = rx.FULL_STEP_TOLERANCE
 TRAIN_TERMS = ("loss", "path", "ddo_real", "ddo_fake", "disc_acc", "ddo_grad_share")
 
 
-def candidate_of(group, curve_steps, steps_per_epoch, epochs):
+def rule(full):
+    return (f"the highest val AUP of the better decoder among candidates whose {full} val accuracy is at most 1 point "
+            f"below the base's; when none is, the best {full} accuracy")
+
+
+def candidate_of(group, steps_per_epoch, epochs):
     """'t3d_lr1e-3_step32' -> ('t3d', 'lr1e-3', 1); 't3d_lr1e-3' (the final checkpoint) -> (.., epochs)."""
     method = group.removesuffix(DYNAMIC)
     match = re.fullmatch(r"(.+?)_(lr[^_]+)(?:_step(\d+))?", method)
@@ -38,14 +42,15 @@ def candidate_of(group, curve_steps, steps_per_epoch, epochs):
 
 
 def candidates(summary, base_full, block_size, curve_steps, epochs):
-    """{(family, lr, epoch): {full_step, by_setting, aup_static, aup_dynamic, score, kept, group}}."""
+    """{(family, lr, epoch): {group, accuracy {setting: val accuracy}, full_step, aup_static, aup_dynamic, decoder
+    (the better one), score (its AUP), kept (S=B within 1 point of the base)}}. The first curve step is one epoch."""
     per_epoch = min(curve_steps) if curve_steps else None
     full = f"S={block_size}"
     out = {}
     for group, s in summary.items():
         if group.endswith(DYNAMIC) or group == "base":
             continue
-        key = candidate_of(group, curve_steps, per_epoch or 1, epochs)
+        key = candidate_of(group, per_epoch or 1, epochs)
         if key is None:
             continue
         dynamic = summary.get(group + DYNAMIC, {})
@@ -59,7 +64,7 @@ def candidates(summary, base_full, block_size, curve_steps, epochs):
 
 
 def choose(cands):
-    """{family: (lr, epoch)} by the rule in the module docstring, and whether S=B was kept."""
+    """{family: the chosen candidate's lr, epoch, group, numbers, and whether any candidate kept S=B} by `rule`."""
     out = {}
     for family in dict.fromkeys(k[0] for k in cands):
         mine = {k: v for k, v in cands.items() if k[0] == family}
@@ -87,17 +92,12 @@ def markdown(cands, chosen, base, block_size, steps):
         aup = [("–" if v is None else f"{v:.1f}") for v in (c["aup_static"], c["aup_dynamic"])]
         lines.append(f"| {family} | {lr[2:]} | {epoch} | {accs} | {aup[0]} | {aup[1]} | "
                      f"{'yes' if c['kept'] else 'no'} | {'**chosen**' if pick else ''} |")
-    lines += ["", "Chosen (rule: highest val AUP of the better decoder among candidates whose "
-              f"{full} val accuracy is at most 1 point below the base's):", ""]
+    lines += ["", f"Chosen (rule: {rule(full)}):", ""]
     for family, c in chosen.items():
         note = "" if c["kept_full_step"] else f" (no candidate kept {full}: the best {full} accuracy instead)"
         lines.append(f"- {family}: lr {c['lr'][2:]}, {c['epoch']} epoch(s), val AUP {c['score']:.1f} "
                      f"({c['decoder']} decoder), {full} {100 * c['full_step']:.1f}%{note}")
     return "\n".join(lines) + "\n"
-
-
-def read_metrics(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_curves(cands, base, out_dir, block_size, runs, families):
@@ -147,7 +147,7 @@ def main(argv=None):
     p.add_argument("--experiment", required=True, help="the tuning experiment (configs/experiments/tune_*.yaml)")
     args = p.parse_args(argv)
     exp = rx.load_experiment(args.experiment)
-    from t3d.common.io import atomic_write_json, atomic_write_text
+    from t3d.common.io import atomic_write_json, atomic_write_text, read_records
 
     results = rx._path(exp["results"])
     report = json.loads((results / "results.json").read_text(encoding="utf-8"))
@@ -163,16 +163,15 @@ def main(argv=None):
     out = rx._path(exp["out"])
     runs = {}
     for method in exp["methods"]:
-        key = candidate_of(method, exp["curve_steps"], 1, epochs)
+        key = candidate_of(method, 1, epochs)
         path = out / f"{method}_seed0" / "metrics.jsonl"
         if key and path.exists():
-            runs[key[:2]] = read_metrics(path)
+            runs[key[:2]] = read_records(path)
     families = list(dict.fromkeys(k[0] for k in cands))
     plot_curves(cands, base, results, block_size, runs, families)
     atomic_write_json(results / "choice.json", {
-        "rule": f"highest val AUP of the better decoder among candidates with S={block_size} at most 1 point below "
-                "the base's; else the best S=B accuracy", "base": {"full_step": base_full, "aup_static": base["aup_mean"],
-                                                                   "aup_dynamic": base["aup_dynamic"]},
+        "rule": rule(f"S={block_size}"),
+        "base": {"full_step": base_full, "aup_static": base["aup_mean"], "aup_dynamic": base["aup_dynamic"]},
         "candidates": [{"family": k[0], "lr": k[1], "epoch": k[2], **v} for k, v in cands.items()],
         "chosen": chosen})
     text = markdown(cands, chosen, base, block_size, steps)

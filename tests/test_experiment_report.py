@@ -242,8 +242,8 @@ def test_choose_on_val_rule_by_hand():
     chosen = cv.choose(cands)
     assert (chosen["t3d"]["lr"], chosen["t3d"]["epoch"], chosen["t3d"]["score"]) == ("lr1e-3", 1, 170.0)
     assert (chosen["naive"]["lr"], chosen["naive"]["epoch"], chosen["naive"]["kept_full_step"]) == ("lr3e-4", 1, False)
-    assert cv.candidate_of("path_only_lr3e-4_step64_dynamic", [32, 64], 32, 3) == ("path_only", "lr3e-4", 2)
-    assert cv.candidate_of("base", [32], 32, 3) is None
+    assert cv.candidate_of("path_only_lr3e-4_step64_dynamic", 32, 3) == ("path_only", "lr3e-4", 2)
+    assert cv.candidate_of("base", 32, 3) is None
 
 
 def test_several_reference_methods_each_pair_once(tmp_path):
