@@ -242,17 +242,23 @@ def test_a_page_script_error_would_be_caught(tmp_path):
     assert len(logged) == 1 and "Uncaught ReferenceError: undefinedThing is not defined" in logged[0]
 
 
+def render_one(source, ids):
+    """A one-item trajectory of `ids`, one token unmasked per step, written to `source` and rendered by t3d-view
+    to <source stem>.html beside it."""
+    source.write_text(json.dumps([{"prompt": "", "response_ids": [ids], "step_map": [list(range(1, len(ids) + 1))],
+                                   "block_size": 4}]))
+    page = source.with_name(f"{source.stem}.html")
+    assert main([str(source), "--html", str(page), "--tokenizer", str(TOKENIZER)]) == 0
+    return page
+
+
 def test_markup_in_tokens_and_the_source_name_stays_text(tmp_path, tokenizer):
     """Tokens that spell markup, quotes, a newline, a tab and multi-byte characters, from a file whose name holds
     markup: the browser builds no element from them and shows every token's text."""
     text = 'a < b && c\n"q" \'r\' é <script>window.pwned = 1</script></span></div> \t end'
     ids = tokenizer.encode(text, add_special_tokens=False)
     source = tmp_path / 'odd <b>&"name".json'
-    source.write_text(json.dumps([{"prompt": "", "response_ids": [ids], "step_map": [list(range(1, len(ids) + 1))],
-                                   "block_size": 4}]))
-    page = tmp_path / "odd.html"
-    assert main([str(source), "--html", str(page), "--tokenizer", str(TOKENIZER)]) == 0
-    dom, logged = load(tmp_path, page)
+    dom, logged = load(tmp_path, render_one(source, ids))
     assert logged == [] and dom.tags.count("script") == dom.tags.count("div") == 1 and "b" not in dom.tags
     trajectory = load_trajectory(source)
     assert [t["text"] for t in dom.tokens] == texts(segments(trajectory, tokenizer))
@@ -264,11 +270,7 @@ def test_newline_tokens_are_visible_and_keep_their_block_on_one_line(tmp_path, t
     lines. Raw newlines in the `white-space: pre` tokens were drawn as nothing and stretched their block's box over
     two or three lines (boxes 21, 36 and 51 px tall): the browser's layout showed it, the markup was valid."""
     ids = tokenizer.encode("First add the tens.\n\nThen the ones:\n3+4=7.\n\\boxed{77}\r\n", add_special_tokens=False)
-    source = tmp_path / "lines.json"
-    source.write_text(json.dumps([{"prompt": "", "response_ids": [ids], "step_map": [list(range(1, len(ids) + 1))],
-                                   "block_size": 4}]))
-    page = tmp_path / "lines.html"
-    assert main([str(source), "--html", str(page), "--tokenizer", str(TOKENIZER)]) == 0
+    page = render_one(tmp_path / "lines.json", ids)
     dom, _ = load(tmp_path, page)
     words = [t["text"] for t in dom.tokens]
     assert words.count("⏎") >= 4 and not any("\n" in w or "\r" in w for w in words)
