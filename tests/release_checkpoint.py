@@ -29,3 +29,9 @@ def release_checkpoint(layers=1):
     root = Path(tempfile.mkdtemp(prefix="sdar4b-release-shape-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return build_random_checkpoint(require_release(), root / f"layers{layers}", layers)
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    """The 1-layer checkpoint, for the tests that import this fixture (skips without the release files)."""
+    return release_checkpoint(1)

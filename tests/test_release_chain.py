@@ -15,7 +15,7 @@ import yaml
 from safetensors import safe_open
 
 from t3d.common.paths import CHECKOUT as REPO
-from tests.release_checkpoint import release_checkpoint, require_release
+from tests.release_checkpoint import ckpt  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,6 @@ def prompt_len(tokenizer, prompt):
     from t3d.tasks.prompting import encode_prompt
 
     return len(encode_prompt(tokenizer, prompt))
-
-
-@pytest.fixture(scope="module")
-def ckpt():
-    require_release()
-    return release_checkpoint(1)
 
 
 @pytest.fixture(scope="module")

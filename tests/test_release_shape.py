@@ -7,15 +7,9 @@ import torch
 from safetensors import safe_open
 
 from t3d.model.checkpoint import load, stop_token_ids
-from tests.release_checkpoint import release_checkpoint, require_release
+from tests.release_checkpoint import ckpt, require_release  # noqa: F401  (ckpt: fixture)
 
 IM_START, IM_END, ENDOFTEXT, MASK = 151644, 151645, 151643, 151669
-
-
-@pytest.fixture(scope="module")
-def ckpt():
-    require_release()
-    return release_checkpoint(1)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +93,6 @@ def test_saved_checkpoint_tokenizer_loads_without_the_false_mistral_warning(ckpt
     import shutil
     import subprocess
     import sys
-
-    from tests.release_checkpoint import require_release
 
     for f in ckpt.iterdir():  # the checkpoint without its weights
         if f.is_file() and "safetensors" not in f.name:
