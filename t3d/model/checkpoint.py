@@ -87,23 +87,28 @@ def is_adapter(path):
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def base_as_recorded(path):
+    """(the base_model_name_or_path the adapter directory `path` records, or None; when that is a relative path, the
+    folder it names beside the adapter (which need not exist), else None). Training records a base that moves
+    with the adapter relative to it."""
+    base = _json_object(Path(path) / ADAPTER_CONFIG).get("base_model_name_or_path")
+    relative = bool(base) and not Path(str(base)).expanduser().is_absolute()
+    return base, (Path(path).absolute() / str(base) if relative else None)
+
+
 def adapter_base(path):
     """The resolved base checkpoint of an adapter directory; a one-line CheckpointError when it is missing.
-    A relative base (as training records a base that moves with the adapter) is looked up against the adapter
-    directory first, then as any checkpoint_path (the current directory, the toolkit's home, the hub)."""
-    file = Path(path) / ADAPTER_CONFIG
-    base = _json_object(file).get("base_model_name_or_path")
+    A relative base is looked up against the adapter directory first, then as any checkpoint_path (the current
+    directory, the toolkit's home, the hub)."""
+    base, beside = base_as_recorded(path)
     if not base:
-        raise CheckpointError(f"{file}: no base_model_name_or_path (the base model this adapter applies to)")
-    relative = not Path(str(base)).expanduser().is_absolute()
-    beside = Path(path).absolute() / str(base)
-    if relative and beside.is_dir():
-        base = str(beside)
+        raise CheckpointError(f"{Path(path) / ADAPTER_CONFIG}: no base_model_name_or_path (the base model this "
+                              "adapter applies to)")
     try:
-        return resolve_checkpoint(base)
+        return resolve_checkpoint(str(beside) if beside is not None and beside.is_dir() else base)
     except FileNotFoundError as err:
-        where = f"; beside the adapter it would be {os.path.realpath(beside)}" if relative else ""
-        raise CheckpointError(f"{file}: base model not found: {first_line(err)}{where}") from None
+        where = f"; beside the adapter it would be {os.path.realpath(beside)}" if beside is not None else ""
+        raise CheckpointError(f"{Path(path) / ADAPTER_CONFIG}: base model not found: {first_line(err)}{where}") from None
 
 
 def check_checkpoint(path):

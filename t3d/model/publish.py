@@ -15,7 +15,7 @@ from pathlib import Path
 
 from t3d.common.errors import DataError, error_line
 from t3d.common.io import atomic_write_text
-from t3d.model.checkpoint import ADAPTER_CONFIG, check_checkpoint, hub_id, is_adapter
+from t3d.model.checkpoint import ADAPTER_CONFIG, base_as_recorded, check_checkpoint, hub_id, is_adapter
 from t3d.model.export import make_standalone
 
 SKIPPED = ("config.yaml", "README.md")  # the run's own config is summarised in the card, not shipped as is
@@ -53,11 +53,8 @@ def exported_base(directory):
     """The base an exported copy of adapter directory `directory` records: its own, except that a base recorded
     relative to the adapter (training does so when the base lies in the run's output_dir, to move with it)
     becomes that folder's absolute path: beside the copy it would name nothing."""
-    base = json.loads((Path(directory) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    beside = Path(directory) / str(base)
-    if base and not Path(str(base)).expanduser().is_absolute() and beside.is_dir():
-        return str(beside.resolve())
-    return base
+    base, beside = base_as_recorded(directory)
+    return str(beside.resolve()) if beside is not None and beside.is_dir() else base
 
 
 def model_card(directory, eval_paths=()):
@@ -112,9 +109,9 @@ def export(checkpoint, out, eval_paths=()):
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(*SKIPPED, ".*"))
     if is_adapter(tmp):
-        config = json.loads((tmp / ADAPTER_CONFIG).read_text())
-        if exported_base(checkpoint) != config.get("base_model_name_or_path"):
-            config["base_model_name_or_path"] = exported_base(checkpoint)
+        config, base = json.loads((tmp / ADAPTER_CONFIG).read_text()), exported_base(checkpoint)
+        if base != config.get("base_model_name_or_path"):
+            config["base_model_name_or_path"] = base
             atomic_write_text(tmp / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
     make_standalone(tmp)
     atomic_write_text(tmp / "README.md", card)
